@@ -278,6 +278,8 @@ def _as_subject(
 def _batch_count(subject: Subject, requested: int | None) -> int:
     available = subject.available_batches()
     if requested is None:
+        requested = subject.default_batches
+    if requested is None:
         if available is None:
             raise SubjectError("the batch source has no length; say how many batches to use (batches=N).")
         requested = available
@@ -311,8 +313,10 @@ def compare(
     subject, n_requested, branch_request, target_request = _as_subject(
         subject_or_model, loss_fn, batches, branches, targets
     )
-    branch_names = _resolve_names(branch_request, subject.branches, "branches", subject.branch)
-    target_names = _resolve_names(target_request, subject.targets, "targets", subject.target)
+    branch_names = _resolve_names(branch_request or subject.default_branches, subject.branches, "branches",
+                                  subject.branch)
+    target_names = _resolve_names(target_request or subject.default_targets, subject.targets, "targets",
+                                  subject.target)
     n_batches = _batch_count(subject, n_requested)
     branch_modules = {name: [m for m, _ in subject.branch_modules(name)] for name in branch_names}
     settings = [Setting(REFERENCE)] + [
@@ -346,7 +350,7 @@ def sweep(
     if not scales:
         raise SubjectError("sweep needs at least one scale, e.g. scales=[0, 0.1, 0.5, 1].")
     selector = subject.branch(branch).selector
-    target_names = _resolve_names(targets, subject.targets, "targets", subject.target)
+    target_names = _resolve_names(targets or subject.default_targets, subject.targets, "targets", subject.target)
     n_batches = _batch_count(subject, batches)
     reference = Setting(f"without:{branch}", {branch: Branch(selector, "zero")})
     scaled = [Setting(f"scale={float(s):g}:{branch}", {branch: Branch(selector, "scale", float(s))}, float(s))

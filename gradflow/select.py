@@ -11,18 +11,13 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Union
+from typing import TypeAlias
 
 from torch import nn
 
 from .errors import SelectorError
 
-SelectorLike = Union[
-    str,
-    type,
-    Callable[[str, nn.Module], bool],
-    Sequence["SelectorLike"],
-]
+SelectorLike: TypeAlias = "str | type | Callable[[str, nn.Module], bool] | Sequence[SelectorLike]"
 
 _REGEX_PREFIX = "re:"
 

@@ -123,7 +123,9 @@ class Subject:
 
     ``loss_fn(model, batch)`` must return a scalar tensor. ``batches`` is a list, an ``index -> batch``
     function or an iterable. ``branches`` and ``targets`` map names to selectors (or :class:`Branch` /
-    :class:`Target`). ``config`` is recorded verbatim in run records.
+    :class:`Target`). ``config`` is recorded verbatim in run records. ``default_branches``,
+    ``default_targets`` and ``default_batches`` are what ``compare`` uses when the caller names none
+    (all branches / all targets / every batch of a sized source otherwise).
     """
 
     model: nn.Module
@@ -134,6 +136,9 @@ class Subject:
     name: str = "custom"
     preset: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    default_branches: Sequence[str] | None = None
+    default_targets: Sequence[str] | None = None
+    default_batches: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
