@@ -212,4 +212,7 @@ def make_subject(
         name="aaclip",
         preset=preset,
         config=config,
+        default_branches=["cross_attn"],
+        default_targets=["image_adapter"] if cfg.stage == "stage2" else ["text_adapter"],
+        default_batches=4,
     )
