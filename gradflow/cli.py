@@ -45,7 +45,7 @@ MaxOpt = Annotated[float | None, typer.Option(help="Upper bound of the retention
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     """Print ``message`` as an error on stderr and return the Exit to raise."""
-    err_console.print(Text("error: ", style="bold red") + Text(message))
+    err_console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -1,0 +1,10 @@
+"""Shared test setup: make `tests.toy_subject` importable as a user subject path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
