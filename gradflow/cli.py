@@ -219,6 +219,16 @@ def list_(
         out_console.print(table)
 
 
+def _register_commands() -> None:
+    from .commands import check, report
+
+    app.command("report")(report.command)
+    app.command("check")(check.command)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
