@@ -27,3 +27,59 @@ def fmt_ci(row: dict[str, Any]) -> str:
     if row.get("ci_low") is None:
         return "—"
     return f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def fmt_delta(value: float | None) -> str:
+    """A signed change of retention ('+0.586'), '—' when undefined."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:+.3f}"
+
+
+def fmt_scale(value: float | None) -> str:
+    """A branch scale ('0.1'), '' for rows without one."""
+    return "" if value is None else f"{value:g}"
+
+
+def fmt_ci_pair(ci: tuple[float, float] | list[float] | None) -> str:
+    """An interval given as a pair, '—' without one."""
+    if ci is None:
+        return "—"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+_MD_SPECIAL = "\\`*_{}[]()<>#+!|~$"
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def md_escape(text: object) -> str:
+    """Make untrusted text (module names) literal inside a markdown table cell.
+
+    Line breaks become spaces (a cell is one line); ``& < >`` become entities (no raw HTML reaches the
+    page); other markdown punctuation, including the cell separator ``|``, is backslash-escaped.
+    """
+    out = []
+    for char in str(text).replace("\r\n", " ").replace("\r", " ").replace("\n", " "):
+        if char in _HTML_ENTITIES:
+            out.append(_HTML_ENTITIES[char])
+        elif char in _MD_SPECIAL:
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def module_label(module: str) -> str:
+    """How a row's module is shown: '(all)' for the whole-target row."""
+    return "(all)" if module == "*" else module
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings record files use ('NaN', 'Infinity', '-Infinity')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from ..gate import Band, GateMode, verdict
 from ..record import RunRecord
-from .format import fmt_ci, fmt_norm, fmt_ratio
+from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, module_label
+from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows
+from .sweep import suggest_scale
 
 VERDICT_STYLE = {
     "ok": "bold green", "starved": "bold red", "flooded": "bold magenta", "uncertain": "yellow",
@@ -57,3 +64,161 @@ def retention_table(
         ]
         table.add_row(*cells, style="bold" if total else None)
     return table
+
+
+REGRESSION_STYLE = {"improved": "bold green", "regressed": "bold red", "unchanged": "dim", "added": "cyan",
+                    "removed": "cyan"}
+BAR_WIDTH = 24
+
+
+def _bar(value: float | None, band: Band, axis_max: float, style: str) -> Text:
+    """A bar of ``value`` on [0, axis_max] with '│' marking the band's lower (and '┊' its upper) bound."""
+    marks = {}
+    for bound, char in ((band.min_retention, "│"), (band.max_retention, "┊")):
+        if bound is not None and 0 < bound <= axis_max:
+            marks[min(BAR_WIDTH - 1, int(round(bound / axis_max * BAR_WIDTH)))] = char
+    filled = 0 if value is None or not math.isfinite(value) else int(round(max(0.0, value) / axis_max * BAR_WIDTH))
+    text = Text()
+    for i in range(BAR_WIDTH):
+        if i in marks:
+            text.append(marks[i], style="bold")
+        elif i < filled:
+            text.append("█", style=style)
+        else:
+            text.append("·", style="dim")
+    text.append("▸" if filled > BAR_WIDTH else " ")
+    return text
+
+
+def _axis_max(values: list[float | None], band: Band) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    top = max([1.0, *(b for b in (band.min_retention, band.max_retention) if b is not None), *finite])
+    return min(top * 1.05, 2.0)
+
+
+def bar_view(record: RunRecord, band: Band | None = None, mode: GateMode = "ci") -> Table:
+    """A compact per-layer view: one bar per module row (compare) or per scale (sweep), grouped by
+    (branch, target). '│' marks the band's lower bound; bars beyond the axis (2.0) end in '▸'."""
+    band = band or Band()
+    sweep = record.kind == "sweep"
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in record.rows:
+        if (r["module"] == "*") == sweep:
+            groups.setdefault((r["branch"], r["target"]), []).append(r)
+    rows = [r for group_rows in groups.values() for r in group_rows]
+    axis_max = _axis_max([r["retention"] for r in rows], band)
+    table = Table(title="retention per scale" if sweep else "retention per module",
+                  caption=f"bar axis 0 to {axis_max:.2f}; │ = band lower bound {band.describe()}",
+                  box=None, show_edge=False, pad_edge=False)
+    table.add_column("scale" if sweep else "module")
+    table.add_column("retention", justify="right")
+    table.add_column("bar", no_wrap=True)
+    table.add_column("verdict")
+    group = None
+    for row in rows:
+        key = (row["branch"], row["target"])
+        if key != group:
+            if group is not None:
+                table.add_row("", "", "", "")
+            table.add_row(Text(f"{row['branch']} → {row['target']}", style="bold"), "", "", "")
+            group = key
+        label = verdict(row, band, mode)
+        style = VERDICT_STYLE.get(label, "")
+        name = Text("  " + (fmt_scale(row["scale"]) if sweep else row["module"]))
+        table.add_row(name, fmt_ratio(row["retention"]), _bar(row["retention"], band, axis_max, style),
+                      Text(label, style=style))
+    return table
+
+
+def suggestion_text(suggestion: dict[str, Any]) -> Text:
+    """The sweep's suggested scale as one line."""
+    style = "bold green" if suggestion["scale"] is not None else "bold red"
+    return Text("suggestion: ", style="bold") + Text(suggestion["message"], style=style)
+
+
+def metadata_text(record: RunRecord) -> Text:
+    """One dim line: preset, seed, batches, versions, when."""
+    env = record.data.get("environment", {})
+    run = record.data.get("run", {})
+    parts = [f"seed {record.data['seed']}", f"{record.data['batches']['count']} batches"]
+    parts += [f"{k} {env[k]}" for k in ("gradflow", "torch") if env.get(k)]
+    if run.get("created"):
+        parts.append(str(run["created"]))
+    return Text(" · ".join(parts), style="dim")
+
+
+def render_record(record: RunRecord, band: Band | None = None, mode: GateMode = "ci",
+                  modules: bool = True) -> RenderableType:
+    """Everything the terminal shows for one record: the table, the bar view, a sweep's suggestion."""
+    band = band or Band()
+    parts: list[RenderableType] = [retention_table(record, band, mode, modules), metadata_text(record)]
+    if modules or record.kind == "sweep":
+        parts += [Text(""), bar_view(record, band, mode)]
+    if record.kind == "sweep":
+        parts += [Text(""), suggestion_text(suggest_scale(record, band, mode=mode))]
+    return Group(*parts)
+
+
+def warnings_panel(warnings: list[str]) -> Panel:
+    """The mismatch warnings of a regression report, impossible to miss."""
+    body = Text()
+    for i, warning in enumerate(warnings):
+        body.append(("\n" if i else "") + "• " + warning)
+    return Panel(body, title="WARNING: records may not be comparable", border_style="bold red", expand=False)
+
+
+def regression_table(rows: list[dict[str, Any]], band: Band, modules: bool = True,
+                     title: str = "regression report") -> Table:
+    """Baseline vs new, one row per (branch, target, module[, scale]), with delta and verdict."""
+    rows = [r for r in rows if modules or r["module"] == "*"]
+    sweep = any(r["scale"] is not None for r in rows)
+    counts = count_verdicts(rows)
+    table = Table(title=title, caption=f"band {band.describe()}; "
+                  + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    for column in ("branch", *(["scale"] if sweep else []), "target", "module"):
+        table.add_column(column, justify="right" if column == "scale" else "left")
+    for column in ("baseline", "new", "delta"):
+        table.add_column(column, justify="right")
+    table.add_column("baseline CI", justify="right")
+    table.add_column("new CI", justify="right")
+    table.add_column("verdict")
+    table.add_column("why")
+    for row in rows:
+        cells: list[Any] = [Text(row["branch"])]
+        if sweep:
+            cells.append(fmt_scale(row["scale"]))
+        total = row["module"] == "*"
+        summary = row["summary"]
+        why = row["note"]
+        if summary.endswith("(fixed)") or summary.endswith("(broken)"):
+            why = summary
+        cells += [
+            Text(row["target"]), Text(module_label(row["module"]) if total else "  " + row["module"]),
+            fmt_ratio(row["old"]) if row["old_verdict"] is not None else "",
+            fmt_ratio(row["new"]) if row["new_verdict"] is not None else "",
+            fmt_delta(row["delta"]), fmt_ci_pair(row["old_ci"]), fmt_ci_pair(row["new_ci"]),
+            Text(row["verdict"], style=REGRESSION_STYLE.get(row["verdict"], "")), Text(why),
+        ]
+        table.add_row(*cells, style="bold" if total else None)
+    return table
+
+
+def render_regression(old: RunRecord, new: RunRecord, band: Band | None = None, mode: GateMode = "ci",
+                      modules: bool = True) -> RenderableType:
+    """The regression report: warnings (if any), config changes, and the side-by-side table."""
+    band = band or Band()
+    parts: list[RenderableType] = []
+    warnings = compatibility_warnings(old, new)
+    if warnings:
+        parts.append(warnings_panel(warnings))
+    changes = config_changes(old, new)
+    if changes:
+        parts.append(Text("changed: " + "; ".join(changes), style="dim"))
+    rows = regression_rows(old, new, band, mode)
+    subject = new.data["subject"]
+    title = f"regression report — subject {subject['name']}" + (f" ({subject['preset']})" if subject.get("preset")
+                                                                 else "")
+    parts.append(regression_table(rows, band, modules, title))
+    if new.kind == "sweep":
+        parts += [suggestion_text(suggest_scale(new, band, mode=mode))]
+    return Group(*parts)
