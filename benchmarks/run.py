@@ -1,0 +1,240 @@
+"""gradflow benchmarks: cost of probing and comparing, as ratios against plain steps in the same run.
+
+    python -m benchmarks.run            # full suite (< 15 min on 2 cores); rewrites reports/benchmarks.{json,md}
+    python -m benchmarks.run --quick    # CI-sized: every benchmark runs once on tiny sizes, nothing is written
+
+All figures are medians of per-round ratios over interleaved rounds (A B A B ...) after 2 warm-ups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import gradflow as gf
+from benchmarks.timing import child_peak_rss, interleaved, paired_ratios
+from benchmarks.workloads import make_steps, plain_pass
+from gradflow.record import environment, write_atomic
+from gradflow.subjects.aaclip import make_subject
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+WARMUP = 2  # set to 0 by --quick
+
+
+def probe_overhead(preset: str, rounds: int, memory_steps: int) -> dict:
+    """A training step with gradflow / a norm loop / histograms, over the plain step."""
+    subject = make_subject(preset=preset)
+    batch = subject.batch(0)
+    steps = make_steps(subject, batch)
+    result = paired_ratios(interleaved(steps, rounds, WARMUP), "plain")
+    if memory_steps:
+        for variant in steps:
+            rss = child_peak_rss(["-m", "benchmarks.memory_child", preset, variant, str(memory_steps)])
+            result[variant]["peak_rss_mb"] = rss["peak_rss_mb"]
+        for variant in steps:
+            result[variant]["rss_ratio"] = result[variant]["peak_rss_mb"] / result["plain"]["peak_rss_mb"]
+    return result
+
+
+def compare_efficiency(preset: str, branches: list[str], n_batches: int, rounds: int) -> dict:
+    """Wall time of compare(K branches, N batches) over (1+K)*N plain forward+backward passes."""
+    subject = make_subject(preset=preset)
+    batches = [subject.batch(i) for i in range(n_batches)]
+    passes = [plain_pass(subject, b) for b in batches]
+
+    def floor() -> None:
+        for _ in range(1 + len(branches)):
+            for run in passes:
+                run()
+
+    def run_compare() -> None:
+        gf.compare(subject, batches=n_batches, branches=branches, targets=["image_adapter"])
+
+    result = paired_ratios(interleaved({"floor": floor, "compare": run_compare}, rounds, WARMUP), "floor")
+    return {"K": len(branches), "N": n_batches, "branches": branches, **result["compare"],
+            "floor_median_s": result["floor"]["median_s"]}
+
+
+def norm_kernels(rounds: int, quick: bool) -> dict:
+    """Per-parameter loop vs torch._foreach_norm vs torch.nn.utils.get_total_norm on ViT-B-16 gradients."""
+    import open_clip
+
+    model = open_clip.create_model("ViT-B-16" if not quick else "RN50", pretrained=None).visual
+    grads = [torch.randn_like(p) for p in model.parameters()]
+
+    def loop() -> None:
+        [g.norm().item() for g in grads]
+
+    def foreach() -> None:
+        torch.stack(torch._foreach_norm(grads)).tolist()
+
+    def total() -> None:
+        torch.nn.utils.get_total_norm(grads).item()
+
+    result = paired_ratios(interleaved({"loop_item": loop, "foreach_norm": foreach, "get_total_norm": total},
+                                       rounds, WARMUP), "loop_item")
+    result["n_tensors"] = len(grads)
+    return result
+
+
+class ManyModules(nn.Module):
+    def __init__(self, n: int, width: int = 32) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + 0.01 * layer(x)
+        return x
+
+
+def _probe_ratio(n_modules: int, rounds: int) -> dict:
+    torch.manual_seed(0)
+    model = ManyModules(n_modules)
+    x = torch.randn(64, 32)
+
+    def plain() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+
+    def probed() -> None:
+        model.zero_grad(set_to_none=True)
+        with gf.probe(model, "layers.*") as p:
+            model(x).square().mean().backward()
+        p.norms(), p.output_norms()
+
+    return paired_ratios(interleaved({"plain": plain, "probed": probed}, rounds, WARMUP), "plain")["probed"]
+
+
+def probe_scaling(counts: list[int], rounds: int) -> dict:
+    """Probe overhead (params + outputs of every module) as the number of probed modules grows."""
+    out = {n: _probe_ratio(n, rounds) for n in counts}
+    per_module = np.polyfit(counts, [out[n]["ratio"] for n in counts], 1)[0]
+    return {"by_modules": out, "ratio_slope_per_module": float(per_module)}
+
+
+def scale_runs(preset: str, batch_counts: list[int], batch_sizes: list[int], rounds: int) -> dict:
+    """compare --ablate cross_attn cost by number of batches and by batch size, with fitted slopes."""
+    import resource
+
+    out: dict = {"preset": preset, "by_batches": {}, "by_batch_size": {}}
+    subject = make_subject(preset=preset)
+    for n in batch_counts:
+        start = time.perf_counter()
+        gf.compare(subject, batches=n, branches=["cross_attn"], targets=["image_adapter"])
+        out["by_batches"][n] = time.perf_counter() - start
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for size in batch_sizes:
+        sized = make_subject(preset=preset, overrides={"stage2.batch_size": str(size)})
+        times = interleaved({"c": lambda s=sized: gf.compare(s, batches=1, branches=["cross_attn"],
+                                                              targets=["image_adapter"])}, rounds, min(WARMUP, 1))["c"]
+        out["by_batch_size"][size] = float(np.median(times))
+    if len(batch_counts) > 1:
+        out["seconds_per_batch"] = float(np.polyfit(batch_counts, [out["by_batches"][n] for n in batch_counts], 1)[0])
+    if len(batch_sizes) > 1:
+        out["seconds_per_sample"] = float(np.polyfit(batch_sizes, [out["by_batch_size"][s] for s in batch_sizes], 1)[0])
+    return out
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    lines = [
+        "# gradflow benchmarks",
+        "",
+        f"Measured {results['created']} on {env['platform']}, {results['cpu_threads']} torch threads, "
+        f"torch {env['torch']}; command `{results['command']}`. Ratios are medians of per-round ratios over "
+        f"interleaved rounds after 2 warm-ups (lower is better; 1.00 = as fast as the baseline).",
+        "",
+    ]
+    for preset, res in results["probe_overhead"].items():
+        lines += [f"## Probe overhead — AA-CLIP `{preset}`, one training step (fwd + bwd + Adam step)", "",
+                  "| variant | median step (s) | time ratio vs plain | peak RSS (MB) | RSS ratio |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, row in res.items():
+            lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio']:.3f} | "
+                         f"{row.get('peak_rss_mb', float('nan')):.0f} | {row.get('rss_ratio', float('nan')):.3f} |")
+        lines.append("")
+    lines += ["## Compare efficiency — time of `compare` over (1+K)·N plain forward+backward passes", "",
+              "| preset | K | N | compare (s) | floor (s) | ratio |", "|---|---:|---:|---:|---:|---:|"]
+    for row in results["compare_efficiency"]:
+        lines.append(f"| {row['preset']} | {row['K']} | {row['N']} | {row['median_s']:.2f} | "
+                     f"{row['floor_median_s']:.2f} | {row['ratio']:.3f} |")
+    nk = results["norm_kernels"]
+    lines += ["", f"## Norm kernels — {nk['n_tensors']} gradient tensors", "",
+              "| kernel | median (ms) | ratio vs loop |", "|---|---:|---:|"]
+    for name in ("loop_item", "foreach_norm", "get_total_norm"):
+        lines.append(f"| {name} | {nk[name]['median_s'] * 1000:.2f} | {nk[name]['ratio']:.3f} |")
+    ps = results["probe_scaling"]
+    lines += ["", "## Probe overhead vs number of probed modules (params + outputs of every module)", "",
+              "| modules | ratio vs plain |", "|---:|---:|"]
+    for n, row in ps["by_modules"].items():
+        lines.append(f"| {n} | {row['ratio']:.3f} |")
+    lines.append(f"\nFitted slope: {ps['ratio_slope_per_module']:.2e} ratio per probed module.")
+    for sc in results["scale"]:
+        lines += ["", f"## Scale — `compare --ablate cross_attn` on `{sc['preset']}`", "",
+                  "| batches | seconds |", "|---:|---:|"]
+        lines += [f"| {n} | {t:.1f} |" for n, t in sc["by_batches"].items()]
+        lines += ["", "| batch size (1 batch) | seconds |", "|---:|---:|"]
+        lines += [f"| {n} | {t:.1f} |" for n, t in sc["by_batch_size"].items()]
+        extra = []
+        if "seconds_per_batch" in sc:
+            extra.append(f"{sc['seconds_per_batch']:.1f} s per extra batch")
+        if "seconds_per_sample" in sc:
+            extra.append(f"{sc['seconds_per_sample']:.1f} s per extra sample")
+        lines.append(f"\nPeak RSS {sc['peak_rss_mb']:.0f} MB; " + ", ".join(extra) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 round, nothing written")
+    parser.add_argument("--skip-full", action="store_true", help="skip the ViT-L (full preset) scale runs")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "reports")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    quick = args.quick
+    global WARMUP
+    WARMUP = 0 if quick else 2
+    rounds = 1 if quick else 7
+    started = time.perf_counter()
+    results: dict = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.run" + (" --quick" if quick else ""),
+        "environment": environment(),
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    presets = ["tiny"] if quick else ["tiny", "small"]
+    results["probe_overhead"] = {p: probe_overhead(p, rounds, 0 if quick else 3) for p in presets}
+    results["compare_efficiency"] = []
+    for preset in presets:
+        for branches in (["cross_attn"], ["cross_attn", "image_adapter"]):
+            compare_rounds = 1 if quick else (7 if preset == "tiny" else 3)
+            row = compare_efficiency(preset, branches, 1 if quick else 2, compare_rounds)
+            results["compare_efficiency"].append({"preset": preset, **row})
+    results["norm_kernels"] = norm_kernels(rounds if quick else 9, quick)
+    results["probe_scaling"] = probe_scaling([10, 50] if quick else [10, 100, 300, 1000], rounds)
+    results["scale"] = [scale_runs("tiny" if quick else "small", [1, 2] if quick else [1, 2, 4],
+                                   [1, 2] if quick else [1, 2, 4], 1 if quick else 3)]
+    if not quick and not args.skip_full:
+        results["scale"].append(scale_runs("full", [1, 2], [], 1))
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    if not quick:
+        write_atomic(args.out_dir / "benchmarks.json", json.dumps(results, indent=1) + "\n")
+        write_atomic(args.out_dir / "benchmarks.md", markdown(results))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
