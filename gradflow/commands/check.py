@@ -1,4 +1,13 @@
-"""`gradflow check [SPEC...] [--junit out.xml] [--out run.json]`: the CI gate."""
+"""`gradflow check [SPEC...] [--junit out.xml] [--out run.json] [--gate ci|point|strict]`: the CI gate.
+
+Evaluates probe specs (default: every ``probes/*.toml``), prints each spec's retention table and its
+checks (preflight, retention rows, baseline), writes the run records and JUnit XML, and exits
+0 when every check passed, 1 when a threshold, preflight or baseline check failed, 2 on bad input (a
+spec that cannot be read, validated or evaluated; then no record is written for it).
+
+``--out``: with one spec, a file (``run.json``) or an existing folder (``<folder>/<spec stem>.json``);
+with several specs, an existing folder (one ``<spec stem>.json`` each).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +16,90 @@ from typing import Annotated
 
 import typer
 
+SpecsArg = Annotated[list[Path] | None, typer.Argument(help="Probe specs (default: probes/*.toml).",
+                                                       show_default=False)]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per check).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run record file (one spec) or folder "
+                                             "(<folder>/<spec>.json for each spec).")]
+GateOpt = Annotated[str | None, typer.Option("--gate", help="ci (default: fail only when the whole CI is outside the "
+                                             "band; uncertain passes), point, or strict (uncertain fails). "
+                                             "Default: the spec's thresholds.gate, else ci.")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="Override every spec's subject preset (e.g. tiny).")]
+BatchesOpt = Annotated[int | None, typer.Option("--batches", min=1, help="Override every spec's batch count.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary per spec.")]
+
+
+def _record_paths(specs: list[Path], out: Path | None) -> dict[Path, Path]:
+    from ..cli import fail
+
+    if out is None:
+        return {}
+    if out.is_dir():
+        stems = [s.stem for s in specs]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise fail(f"--out {out}: several specs are called {', '.join(twice)}; their records would overwrite "
+                       "each other. Run them separately.")
+        return {spec: out / f"{spec.stem}.json" for spec in specs}
+    if len(specs) > 1:
+        raise fail(f"--out {out}: with {len(specs)} specs --out must be an existing folder (one <spec>.json each); "
+                   f"create it (mkdir -p {out}) or check one spec at a time.")
+    if not out.parent.exists():
+        raise fail(f"--out {out}: the folder {out.parent} does not exist. Create it first.")
+    return {specs[0]: out}
+
 
 def command(
-    specs: Annotated[list[Path] | None, typer.Argument(help="Probe specs (probes/*.toml).")] = None,
+    specs: SpecsArg = None,
+    junit: JunitOpt = None,
+    out: OutOpt = None,
+    gate: GateOpt = None,
+    preset: PresetOpt = None,
+    batches: BatchesOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate probe specs; exit 0 pass, 1 a threshold or regression failed, 2 bad input."""
-    raise typer.Exit(2)
+    """Evaluate probe specs; exit 0 pass, 1 a threshold, preflight or regression check failed, 2 bad input."""
+    from rich.text import Text
+
+    from ..cli import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, err_console, fail, out_console, progress_reporter
+    from ..errors import GradflowError
+    from ..gate import check_mode
+    from ..spec import discover_specs, evaluate, load_spec
+
+    try:
+        if gate is not None:
+            check_mode(gate)
+        paths = list(specs) if specs else discover_specs()
+        loaded = [load_spec(p) for p in paths]  # every spec is validated before anything is measured
+    except GradflowError as exc:
+        raise fail(str(exc)) from None
+    if junit is not None and (junit.is_dir() or not junit.parent.exists()):
+        raise fail(f"--junit {junit}: give a file name in an existing folder (e.g. reports/gradflow.xml).")
+    record_paths = _record_paths(paths, out)
+
+    results = []
+    for spec in loaded:
+        with progress_reporter(quiet, f"{spec.name}: passes") as progress:
+            result = evaluate(spec, preset=preset, batches=batches, gate=gate, progress=progress)
+        results.append(result)
+        if result.record is not None and spec.path in record_paths:
+            result.record.save(record_paths[spec.path])
+        if quiet:
+            (out_console if result.error is None else err_console).print(Text(result.summary()), soft_wrap=True)
+        else:
+            for item in result.renderables():
+                out_console.print(item)
+            if spec.path in record_paths and result.record is not None:
+                out_console.print(Text(f"run record written to {record_paths[spec.path]}", style="dim"))
+            out_console.print()
+    if junit is not None:
+        from ..junit import write_junit
+
+        write_junit(results, junit)
+    if len(results) > 1 and not quiet:
+        counts = {s: sum(1 for r in results if r.status() == s) for s in ("PASS", "FAIL", "ERROR")}
+        out_console.print(Text(f"{len(results)} specs: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()),
+                               style="bold"))
+    if any(r.error is not None for r in results):
+        raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(EXIT_GATE_FAILED if any(not r.passed for r in results) else EXIT_OK)

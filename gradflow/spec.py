@@ -1,0 +1,609 @@
+"""Probe specs (``probes/*.toml``): declarative retention checks, and their evaluation.
+
+A spec names a subject (with preset and config overrides), the branches and targets to measure, how
+many batches with which seed, a retention band, optional per-module bands, an optional baseline record
+and optional preflight checks. Every key is validated when the file is read; a mistake raises
+:class:`SpecError` whose message starts with ``<file>: <key>:`` (the CLI maps it to exit code 2).
+
+Format (every key but ``subject.name``, ``branches`` and ``targets`` is optional)::
+
+    description = "Stage-2 cross-attention must not starve the image adapter"
+    branches = ["image_cross_attn"]        # names the subject defines, or a table name -> selector
+    targets = ["image_adapter"]            # (a selector string or {selector, mode, scale} for branches)
+    batches = 4                            # default: the subject's default
+    seed = 0                               # seed of the passes and the bootstrap
+    confidence = 0.95                      # of the bootstrap interval
+
+    [subject]
+    name = "aaclip"                        # built-in name or "module.path:factory"
+    preset = "full"                        # `gradflow check --preset tiny` overrides it
+    seed = 0                               # the factory's seed (model init, synthetic data)
+    weights = "weights/clip.pt"            # relative to this file; passed as weights=
+    set = { stage = "stage2" }             # config overrides, like --set (values become strings)
+    options = {}                           # further keyword arguments of the factory, verbatim
+
+    [thresholds]
+    min_retention = 0.8                    # the band of every (branch, target) total row
+    max_retention = 1.5
+    gate = "ci"                            # ci | point | strict; `--gate` overrides it
+    per_module = false                     # true: gate every per-module row with the band as well
+    [[thresholds.modules]]                 # a band for per-module rows matching a glob (or "re:...")
+    module = "image_adapter.layer_adapters.*"
+    target = "image_adapter"               # optional filters
+    branch = "image_cross_attn"
+    min_retention = 0.5
+
+    [baseline]
+    record = "baselines/stage2-{preset}.json"   # relative to this file; {preset} = the preset run
+    tolerance = 0.05                       # allowed drop of retention below the baseline's
+    direction = "down"                     # down | both
+
+    [preflight]
+    config = { resolved_image_cross_attn_weight = 0.1 }   # subject config values
+    model = { "image_cross_attn.scale" = 0.1 }            # model attributes (dotted paths)
+    trained = ["image_adapter"]            # targets/branches/selectors that must not be at initialisation
+    reachable = true                       # every branch must be on every target's gradient path
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import sys
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import GradflowError
+from .gate import CHECK_MODES, Band, Check, baseline_checks, check_mode, describe_mode, gate_row
+
+DEFAULT_SPEC_DIR = "probes"
+
+
+class SpecError(GradflowError):
+    """A probe spec is missing, malformed, or names something that does not exist (exit code 2)."""
+
+
+# ------------------------------------------------------------------------------------------ schema
+_TOP = {"description", "branches", "targets", "batches", "seed", "confidence", "subject", "thresholds",
+        "baseline", "preflight"}
+_SUBJECT = {"name", "preset", "seed", "weights", "set", "options"}
+_THRESHOLDS = {"min_retention", "max_retention", "gate", "per_module", "modules"}
+_MODULE_THRESHOLD = {"module", "target", "branch", "min_retention", "max_retention"}
+_BASELINE = {"record", "tolerance", "direction"}
+_PREFLIGHT = {"config", "model", "trained", "reachable"}
+_BRANCH_TABLE = {"selector", "mode", "scale"}
+
+
+@dataclass(frozen=True)
+class ModuleThreshold:
+    """A band for the per-module rows whose module name matches ``module`` (glob or ``re:``)."""
+
+    module: str
+    band: Band
+    target: str | None = None
+    branch: str | None = None
+
+    def matches(self, row: dict[str, Any]) -> bool:
+        """Whether ``row`` (a per-module row) falls under this threshold."""
+        if row["module"] == "*":
+            return False
+        if self.target is not None and row["target"] != self.target:
+            return False
+        if self.branch is not None and row["branch"] != self.branch:
+            return False
+        return _module_pattern(self.module).fullmatch(row["module"]) is not None
+
+
+def _module_pattern(pattern: str) -> Any:
+    """An object with ``fullmatch(name)`` for a module glob (selector rules) or ``re:`` regex."""
+    if pattern.startswith("re:"):
+        return re.compile(pattern[3:])
+    from .select import _glob_to_regex  # the selectors' glob rules ('*' one segment, '**' any number)
+
+    return _Prefixed(_glob_to_regex(pattern))
+
+
+class _Prefixed:
+    """Selector globs match ``"." + name``; expose ``fullmatch(name)`` like a compiled regex."""
+
+    def __init__(self, compiled: re.Pattern[str]) -> None:
+        self._compiled = compiled
+
+    def fullmatch(self, name: str) -> re.Match[str] | None:
+        return self._compiled.match("." + name)
+
+
+@dataclass
+class Spec:
+    """A validated probe spec (see the module docstring for the file format)."""
+
+    path: Path
+    subject: str
+    branches: list[str]
+    targets: list[str]
+    description: str = ""
+    preset: str | None = None
+    subject_seed: int | None = None
+    weights: Path | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    extra_branches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_targets: dict[str, Any] = field(default_factory=dict)
+    batches: int | None = None
+    seed: int = 0
+    confidence: float = 0.95
+    band: Band = field(default_factory=Band)
+    gate: str = "ci"
+    per_module: bool = False
+    module_thresholds: list[ModuleThreshold] = field(default_factory=list)
+    baseline: str | None = None
+    tolerance: float = 0.05
+    direction: str = "down"
+    preflight_config: dict[str, Any] = field(default_factory=dict)
+    preflight_model: dict[str, Any] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)
+    reachable: bool = True
+
+    @property
+    def name(self) -> str:
+        """The spec's file stem (``aaclip-stage2``)."""
+        return self.path.stem
+
+    def baseline_path(self, preset: str | None) -> Path | None:
+        """The baseline record's path for a run of ``preset`` (``{preset}`` substituted)."""
+        if self.baseline is None:
+            return None
+        return self.path.parent / self.baseline.replace("{preset}", str(preset))
+
+
+class _Reader:
+    """Typed access to one TOML table with errors that name the file and the dotted key."""
+
+    def __init__(self, path: Path, data: dict[str, Any], prefix: str, allowed: set[str]) -> None:
+        self.path, self.data, self.prefix = path, data, prefix
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, sorted(allowed), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+                raise self.error(key, f"unknown key.{hint} Keys allowed in {where}: {', '.join(sorted(allowed))}.")
+
+    def error(self, key: str, problem: str) -> SpecError:
+        return SpecError(f"{self.path}: {self.prefix}{key}: {problem}")
+
+    def _typed(self, key: str, kinds: tuple[type, ...], what: str, default: Any) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"expected {what}, got {value!r} (a boolean).")
+        if not isinstance(value, kinds):
+            raise self.error(key, f"expected {what}, got {value!r} (a {_toml_type(value)}).")
+        return value
+
+    def string(self, key: str, default: Any = None, required: bool = False) -> Any:
+        if required and key not in self.data:
+            raise self.error(key, "is required (a string).")
+        value = self._typed(key, (str,), "a string", default)
+        if value is not None and not value.strip():
+            raise self.error(key, "must not be empty.")
+        return value
+
+    def integer(self, key: str, default: Any = None, minimum: int | None = None) -> Any:
+        value = self._typed(key, (int,), "an integer", default)
+        if value is not None and minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value}.")
+        return value
+
+    def number(self, key: str, default: Any = None) -> Any:
+        value = self._typed(key, (int, float), "a number", default)
+        if value is not None and not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, got {value}.")
+        return None if value is None else float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._typed(key, (bool,), "true or false", default)
+
+    def table(self, key: str) -> dict[str, Any]:
+        return self._typed(key, (dict,), "a table", {})
+
+    def strings(self, key: str, required: bool = False) -> list[str]:
+        if required and key not in self.data:
+            raise self.error(key, "is required (a list of names).")
+        value = self._typed(key, (list,), "a list of strings", [])
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                raise self.error(f"{key}[{index}]", f"expected a non-empty string, got {item!r}.")
+        return value
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _override_value(reader: _Reader, key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, int | float | str) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) for v in value)
+    raise reader.error(f"set.{key}", f"expected a string, number, boolean or list of these, got {value!r}.")
+
+
+def _band(reader: _Reader, default: Band | None = None) -> Band:
+    low = reader.number("min_retention", default.min_retention if default else 0.8)
+    high = reader.number("max_retention", default.max_retention if default else None)
+    if low is not None and high is not None and low > high:
+        raise reader.error("max_retention", f"the band is empty: min_retention {low:g} > max_retention {high:g}.")
+    return Band(low, high)
+
+
+def _check_selector(reader: _Reader, key: str, selector: str) -> None:
+    if selector.startswith("re:"):
+        try:
+            re.compile(selector[3:])
+        except re.error as exc:
+            raise reader.error(key, f"{selector!r} is not a valid regular expression ({exc}).") from None
+    elif not selector.strip() or any(not part for part in selector.split(".")):
+        raise reader.error(key, f"{selector!r} is not a valid selector: empty name segment. Use dotted names "
+                           "with '*' (one segment), '**' (any number) or 're:<regex>'.")
+
+
+def _groups(reader: _Reader, key: str, branches: bool) -> tuple[list[str], dict[str, Any]]:
+    """``branches``/``targets``: a list of subject names, or a table name -> selector (or branch table)."""
+    if key not in reader.data:
+        raise reader.error(key, f"is required: a list of the subject's {key} (see `gradflow list`), or a table "
+                           "mapping new names to selectors.")
+    value = reader.data[key]
+    if isinstance(value, list):
+        names = reader.strings(key)
+        if not names:
+            raise reader.error(key, "must name at least one.")
+        return names, {}
+    if not isinstance(value, dict) or not value:
+        raise reader.error(key, f"expected a list of names or a table name -> selector, got {value!r}.")
+    extra: dict[str, Any] = {}
+    for name, item in value.items():
+        where = f"{key}.{name}"
+        if isinstance(item, str):
+            _check_selector(reader, where, item)
+            extra[name] = {"selector": item} if branches else item
+        elif branches and isinstance(item, dict):
+            sub = _Reader(reader.path, item, f"{where}.", _BRANCH_TABLE)
+            selector = sub.string("selector", required=True)
+            _check_selector(sub, "selector", selector)
+            mode = sub.string("mode", "zero")
+            if mode not in ("zero", "identity", "scale"):
+                raise sub.error("mode", f"must be 'zero', 'identity' or 'scale', got {mode!r}.")
+            scale = sub.number("scale")
+            if mode == "scale" and scale is None:
+                raise sub.error("scale", "is required with mode = 'scale'.")
+            extra[name] = {"selector": selector, "mode": mode, "scale": scale}
+        else:
+            kind = "a selector string or a table {selector, mode, scale}" if branches else "a selector string"
+            raise reader.error(where, f"expected {kind}, got {item!r}.")
+    return list(extra), extra
+
+
+def parse_spec(data: dict[str, Any], path: Path) -> Spec:
+    """Validate the parsed TOML ``data`` of the spec file ``path``."""
+    top = _Reader(path, data, "", _TOP)
+    subject = _Reader(path, top.table("subject"), "subject.", _SUBJECT)
+    if "subject" not in data:
+        raise top.error("subject", "is required: a [subject] table with at least name = \"aaclip\" (or "
+                        "\"module.path:factory\").")
+    name = subject.string("name", required=True)
+    if name.count(":") > 1 or name.endswith(":") or name.startswith(":"):
+        raise subject.error("name", f"{name!r} is neither a built-in subject name nor 'module.path:factory'.")
+    overrides = {str(k): _override_value(subject, k, v) for k, v in subject.table("set").items()}
+    weights = subject.string("weights")
+    branch_names, extra_branches = _groups(top, "branches", True)
+    target_names, extra_targets = _groups(top, "targets", False)
+    confidence = top.number("confidence", 0.95)
+    if not 0 < confidence < 1:
+        raise top.error("confidence", f"must lie strictly between 0 and 1, got {confidence:g}.")
+
+    thresholds = _Reader(path, top.table("thresholds"), "thresholds.", _THRESHOLDS)
+    band = _band(thresholds)
+    gate = thresholds.string("gate", "ci")
+    if gate not in CHECK_MODES:
+        raise thresholds.error("gate", f"must be one of {', '.join(CHECK_MODES)}, got {gate!r}.")
+    modules = thresholds._typed("modules", (list,), "a list of tables ([[thresholds.modules]])", [])
+    module_thresholds = []
+    for index, item in enumerate(modules):
+        if not isinstance(item, dict):
+            raise thresholds.error(f"modules[{index}]", f"expected a table, got {item!r}.")
+        sub = _Reader(path, item, f"thresholds.modules[{index}].", _MODULE_THRESHOLD)
+        pattern = sub.string("module", required=True)
+        _check_selector(sub, "module", pattern)
+        if "min_retention" not in item and "max_retention" not in item:
+            raise sub.error("min_retention", "give min_retention and/or max_retention for these modules.")
+        module_thresholds.append(ModuleThreshold(pattern, _band(sub, Band(None, None)), sub.string("target"),
+                                                 sub.string("branch")))
+
+    baseline = _Reader(path, top.table("baseline"), "baseline.", _BASELINE)
+    record = baseline.string("record", required="baseline" in data)
+    tolerance = baseline.number("tolerance", 0.05)
+    if tolerance < 0:
+        raise baseline.error("tolerance", f"must not be negative, got {tolerance:g}.")
+    direction = baseline.string("direction", "down")
+    if direction not in ("down", "both"):
+        raise baseline.error("direction", f"must be 'down' or 'both', got {direction!r}.")
+    spec_preset = subject.string("preset")
+    if record is not None and "{preset}" not in record and not (path.parent / record).is_file():
+        raise baseline.error("record", f"baseline record {path.parent / record} does not exist (paths are relative "
+                             f"to the spec's folder {path.parent}). Write one with `gradflow check {path} --out "
+                             f"{path.parent / record}`, or remove [baseline].")
+
+    preflight = _Reader(path, top.table("preflight"), "preflight.", _PREFLIGHT)
+    expected_config = preflight.table("config")
+    expected_model = preflight.table("model")
+    for key, table in (("config", expected_config), ("model", expected_model)):
+        for item, value in table.items():
+            if not isinstance(value, int | float | str | bool):
+                raise preflight.error(f"{key}.{item}", f"expected a string, number or boolean, got {value!r}.")
+    return Spec(
+        path=path, subject=name, branches=branch_names, targets=target_names,
+        description=top.string("description", ""), preset=spec_preset,
+        subject_seed=subject.integer("seed"),
+        weights=None if weights is None else path.parent / weights,
+        overrides=overrides, options=dict(subject.table("options")),
+        extra_branches=extra_branches, extra_targets=extra_targets,
+        batches=top.integer("batches", None, minimum=1), seed=top.integer("seed", 0), confidence=confidence,
+        band=band, gate=gate, per_module=thresholds.boolean("per_module", False),
+        module_thresholds=module_thresholds, baseline=record, tolerance=tolerance, direction=direction,
+        preflight_config=dict(expected_config), preflight_model=dict(expected_model),
+        trained=preflight.strings("trained"), reachable=preflight.boolean("reachable", True),
+    )
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate one spec file; any problem raises :class:`SpecError` naming the file and key."""
+    file = Path(path)
+    if file.is_dir():
+        raise SpecError(f"{file}: is a folder; pass spec files (e.g. {file}/*.toml) or nothing for probes/*.toml.")
+    try:
+        with file.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise SpecError(f"{file}: spec file does not exist.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{file}: not valid TOML: {exc}.") from None
+    except OSError as exc:
+        raise SpecError(f"{file}: cannot read the spec: {exc}.") from None
+    return parse_spec(data, file)
+
+
+def discover_specs(folder: str | Path = DEFAULT_SPEC_DIR) -> list[Path]:
+    """Every ``*.toml`` in ``folder`` (sorted); none is an error."""
+    root = Path(folder)
+    found = sorted(root.glob("*.toml")) if root.is_dir() else []
+    if not found:
+        raise SpecError(f"{root}: no probe specs (*.toml) found. Pass spec files, or run from the folder that "
+                        f"holds {DEFAULT_SPEC_DIR}/.")
+    return found
+
+
+# -------------------------------------------------------------------------------------- evaluation
+@dataclass
+class SpecResult:
+    """What evaluating one spec produced: the run record (if measured) and every check."""
+
+    spec: Spec | None
+    path: Path
+    mode: str = "ci"
+    preset: str | None = None
+    record: Any = None
+    checks: list[Check] = field(default_factory=list)
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        """True when the spec was evaluated and every check passed."""
+        return self.error is None and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        """The checks that failed."""
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 a check failed, 2 bad input."""
+        return 2 if self.error is not None else (0 if self.passed else 1)
+
+    def status(self) -> str:
+        """``PASS``, ``FAIL`` or ``ERROR``."""
+        return "ERROR" if self.error is not None else ("PASS" if self.passed else "FAIL")
+
+    def summary(self) -> str:
+        """One line: ``FAIL probes/x.toml: 2 of 5 checks failed (gate: ci ...)``."""
+        if self.error is not None:
+            return f"ERROR {self.path}: {self.error}"
+        failed = len(self.failures)
+        head = f"{self.status()} {self.path}: "
+        head += f"{failed} of {len(self.checks)} checks failed" if failed else f"all {len(self.checks)} checks passed"
+        return head + f" (gate: {self.mode})"
+
+    def renderables(self) -> list[Any]:
+        """Rich renderables: the retention table and the checks table (what the CLI prints)."""
+        from rich.table import Table
+        from rich.text import Text
+
+        from .gate import verdict_mode
+        from .report.terminal import retention_table
+
+        out: list[Any] = []
+        title = f"spec {self.path}" + (f" — {self.spec.description}" if self.spec and self.spec.description else "")
+        out.append(Text(title, style="bold"))
+        if self.error is not None:
+            out.append(Text("error: " + self.error, style="red"))
+            return out
+        if self.record is not None and self.spec is not None:
+            out.append(retention_table(self.record, self.spec.band, verdict_mode(self.mode)))
+        table = Table(title="checks", caption=describe_mode(self.mode, self.spec.confidence if self.spec else 0.95))
+        for column in ("kind", "check", "result", "detail"):
+            table.add_column(column, overflow="fold")
+        for check in self.checks:
+            result = Text("PASS", style="bold green") if check.passed else Text("FAIL", style="bold red")
+            label = f"{check.verdict}: " if check.verdict and check.kind != "preflight" else ""
+            table.add_row(check.kind, Text(check.name), result, Text(label + check.detail))
+        out.append(table)
+        out.append(Text(self.summary(), style="bold green" if self.passed else "bold red"))
+        return out
+
+    def plain_text(self, width: int = 140) -> str:
+        """The rendered tables as plain text (ASCII boxes, no colour): assertion messages, JUnit XML."""
+        return render_plain(self.renderables(), width)
+
+
+def render_plain(renderables: list[Any], width: int = 140) -> str:
+    """Render rich renderables as plain text: no ANSI codes, ASCII table borders."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False,
+                      no_color=True, emoji=False, highlight=False)
+    for item in renderables:
+        if isinstance(item, Table):
+            item.box = box.ASCII2
+        console.print(item)
+    return buffer.getvalue()
+
+
+def _ensure_import_paths(spec: Spec) -> None:
+    """User subjects (``module:factory``) resolve from the current folder, then the spec's folder."""
+    for folder in (str(Path.cwd()), str(spec.path.parent.resolve())):
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
+def build_subject(spec: Spec, preset: str | None = None, seed: int | None = None) -> Any:
+    """Build the spec's subject (``preset``/``seed`` override the spec's); errors name the spec key."""
+    from .errors import SubjectError
+    from .subject import Branch
+    from .subjects.registry import load_subject
+
+    _ensure_import_paths(spec)
+    if spec.weights is not None and not spec.weights.exists():
+        raise SpecError(f"{spec.path}: subject.weights: {spec.weights} does not exist (relative to the spec's "
+                        "folder).")
+    options = dict(spec.options)
+    options.update(preset=preset or spec.preset, overrides=dict(spec.overrides),
+                   weights=None if spec.weights is None else str(spec.weights),
+                   seed=spec.subject_seed if seed is None else seed)
+    try:
+        subject = load_subject(spec.subject, **options)
+    except SubjectError as exc:
+        raise SpecError(f"{spec.path}: subject: {exc}") from None
+    for name, branch in spec.extra_branches.items():
+        subject.branches[name] = Branch(branch["selector"], branch.get("mode", "zero"), branch.get("scale"))
+    from .subject import Target
+
+    for name, selector in spec.extra_targets.items():
+        subject.targets[name] = Target(selector)
+    for key, names, lookup, modules in (("branches", spec.branches, subject.branch, subject.branch_modules),
+                                        ("targets", spec.targets, subject.target, subject.target_modules)):
+        for name in names:
+            try:
+                lookup(name)
+                modules(name)
+            except GradflowError as exc:
+                raise SpecError(f"{spec.path}: {key}: {exc}") from None
+    return subject
+
+
+def evaluate(
+    spec: Spec | str | Path,
+    *,
+    preset: str | None = None,
+    batches: int | None = None,
+    gate: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    subject: Any = None,
+) -> SpecResult:
+    """Evaluate one spec: build the subject, run the static preflight checks, measure retention, gate the
+    rows, compare with the baseline, check reachability. Bad input is returned as ``result.error`` (exit 2)
+    rather than raised. ``subject`` skips building (the caller's subject must match the spec)."""
+    import time
+
+    started = time.perf_counter()
+    path = Path(spec) if not isinstance(spec, Spec) else spec.path
+    result = SpecResult(spec=None, path=path)
+    try:
+        loaded = spec if isinstance(spec, Spec) else load_spec(spec)
+        result.spec = loaded
+        result.mode = check_mode(gate, loaded.gate)
+        result.preset = preset or loaded.preset
+        _run(loaded, result, subject, batches, progress)
+    except GradflowError as exc:
+        result.error = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+        result.error = result.error.removeprefix(f"{path}: ")
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+def _run(spec: Spec, result: SpecResult, subject: Any, batches: int | None,
+         progress: Callable[[int, int], None] | None) -> None:
+    from . import preflight
+    from .measure import compare
+    from .record import load_run
+
+    baseline_file = spec.baseline_path(result.preset)
+    if baseline_file is not None and not baseline_file.is_file():
+        raise SpecError(f"{spec.path}: baseline.record: baseline record {baseline_file} does not exist (for preset "
+                        f"{result.preset!r}). Write one with `gradflow check {spec.path} --out {baseline_file}`.")
+    old = None
+    if baseline_file is not None:
+        try:
+            old = load_run(baseline_file)
+        except GradflowError as exc:
+            raise SpecError(f"{spec.path}: baseline.record: {exc}") from None
+        old_subject = old.data["subject"]
+        if old_subject.get("preset") != result.preset or old_subject.get("name") not in (spec.subject, None):
+            raise SpecError(
+                f"{spec.path}: baseline.record: {baseline_file} was measured on subject {old_subject.get('name')!r} "
+                f"preset {old_subject.get('preset')!r}, this run is preset {result.preset!r}; put {{preset}} in "
+                "the path to keep one baseline per preset.")
+    if subject is None:
+        subject = build_subject(spec, result.preset)
+    result.checks.extend(preflight.static_checks(spec, subject, rebuild=lambda s: build_subject(spec, result.preset,
+                                                                                                s)))
+    record = compare(subject, batches=batches or spec.batches, branches=list(spec.branches),
+                     targets=list(spec.targets), seed=spec.seed, confidence=spec.confidence, progress=progress)
+    result.record = record
+    if spec.reachable:
+        result.checks.extend(preflight.reachability_checks(record))
+    gated = gated_rows(spec, record.rows)
+    result.checks.extend(gate_row(row, band, result.mode) for row, band in gated)
+    if old is not None:
+        keys = [(row["branch"], row["target"], row["module"]) for row, _ in gated]
+        result.checks.extend(baseline_checks(old, record, keys, spec.band, result.mode, spec.tolerance,
+                                             spec.direction))
+
+
+def gated_rows(spec: Spec, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Band]]:
+    """The rows the spec gates, each with its band: totals with the main band; per-module rows under a
+    matching ``[[thresholds.modules]]`` entry (the last match wins) or, with ``per_module``, the main band."""
+    out = []
+    for row in rows:
+        if row["module"] == "*":
+            out.append((row, spec.band))
+            continue
+        matching = [t for t in spec.module_thresholds if t.matches(row)]
+        if matching:
+            out.append((row, matching[-1].band))
+        elif spec.per_module:
+            out.append((row, spec.band))
+    return out
