@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,13 @@ def _check_html_path(path: Path) -> None:
         raise fail(f"--html {path} is a directory; give a file name such as {path / 'report.html'}.")
     if not path.parent.exists():
         raise fail(f"--html {path}: the folder {path.parent} does not exist. Create it first.")
+
+
+def _readable(path: Path) -> None:
+    """Give the report the permissions of an ordinary new file (write_atomic's temporary file is 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def command(
@@ -56,6 +64,7 @@ def command(
             page = render_html(record, band, baseline=old, modules=modules)
             try:
                 write_atomic(html, page)
+                _readable(html)
             except OSError as exc:
                 raise fail(f"cannot write --html {html}: {exc.strerror or exc}. Check the folder's permissions "
                            "and free space; nothing was written.") from None
