@@ -186,6 +186,7 @@ def make_subject(
     weights: str | None = None,
     seed: int = 0,
     stage: str | None = None,
+    adapters: str | None = None,
 ) -> Subject:
     """The ``aaclip`` gradflow subject.
 
@@ -193,6 +194,8 @@ def make_subject(
     :func:`gradflow.subjects.aaclip.config.apply_overrides`). ``weights``: a local CLIP weight file (open_clip
     state dict, safetensors, or the OpenAI TorchScript ``ViT-L-14-336px.pt``); default random init.
     ``seed`` seeds the model init and the synthetic batches. ``stage``: stage1 | stage2 (default: config).
+    ``adapters``: a folder with trained ``text_adapter.pth`` / ``image_adapter.pth`` (and optionally the
+    cross-attention files) to load after the random init.
     """
     cfg = preset_config(preset)
     merged: dict[str, Any] = {}
@@ -201,8 +204,14 @@ def make_subject(
     merged.update(overrides or {})
     cfg = apply_overrides(cfg, merged)
     model = build_model(cfg, seed=seed, weights=weights)
+    loaded: list[str] = []
+    if adapters is not None:
+        from .checkpoints import GROUPS, load_adapters
+
+        loaded = load_adapters(model, adapters, groups=GROUPS)
     config = cfg.to_dict()
-    config.update({"seed": seed, "weights": weights, "parameter_counts": model.parameter_counts()})
+    config.update({"seed": seed, "weights": weights, "adapters": adapters, "adapter_groups_loaded": loaded,
+                   "parameter_counts": model.parameter_counts()})
     return Subject(
         model=model,
         loss_fn=AAClipLoss(cfg),
