@@ -570,14 +570,16 @@ def _run(spec: Spec, result: SpecResult, subject: Any, batches: int | None,
             old = load_run(baseline_file)
         except GradflowError as exc:
             raise SpecError(f"{spec.path}: baseline.record: {exc}") from None
-        old_subject = old.data["subject"]
-        if old_subject.get("preset") != result.preset or old_subject.get("name") not in (spec.subject, None):
+        if old.data["subject"].get("preset") != result.preset:
             raise SpecError(
-                f"{spec.path}: baseline.record: {baseline_file} was measured on subject {old_subject.get('name')!r} "
-                f"preset {old_subject.get('preset')!r}, this run is preset {result.preset!r}; put {{preset}} in "
+                f"{spec.path}: baseline.record: {baseline_file} was measured on preset "
+                f"{old.data['subject'].get('preset')!r}, this run is preset {result.preset!r}; put {{preset}} in "
                 "the path to keep one baseline per preset.")
     if subject is None:
         subject = build_subject(spec, result.preset)
+    if old is not None and old.data["subject"].get("name") != subject.name:
+        raise SpecError(f"{spec.path}: baseline.record: {baseline_file} was measured on subject "
+                        f"{old.data['subject'].get('name')!r}, this spec's subject is {subject.name!r}.")
     result.checks.extend(preflight.static_checks(spec, subject, rebuild=lambda s: build_subject(spec, result.preset,
                                                                                                 s)))
     record = compare(subject, batches=batches or spec.batches, branches=list(spec.branches),
