@@ -189,7 +189,7 @@ class _Reader:
         if required and key not in self.data:
             raise self.error(key, "is required (a string).")
         value = self._typed(key, (str,), "a string", default)
-        if value is not None and not value.strip():
+        if key in self.data and not value.strip():
             raise self.error(key, "must not be empty.")
         return value
 
