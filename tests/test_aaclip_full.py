@@ -55,3 +55,19 @@ def test_full_shapes_and_stage2_pass():
         seg, det = model(batch["images"])
     assert [s.shape for s in seg] == [(1, 1369, 768)] * 4
     assert det.shape == (1, 768)
+
+
+@pytest.mark.slow
+def test_small_preset_shapes_and_stage2_pass():
+    sub = make_subject("small")
+    model = sub.model
+    assert model.parameter_counts()["image_adapter.layer_adapters"] == 3 * 768 * 768
+    batch = sub.batch(0)
+    assert batch["images"].shape == (2, 3, 224, 224)
+    loss = sub.loss_fn(model, batch)
+    grads = torch.autograd.grad(loss, [p for _, p in sub.target_parameters("image_adapter")])
+    assert all(float(g.norm()) > 0 for g in grads)
+    with torch.no_grad():
+        seg, det = model(batch["images"])
+    assert [s.shape for s in seg] == [(2, 196, 512)] * 4
+    assert det.shape == (2, 512)
