@@ -21,6 +21,7 @@ Format (every key but ``subject.name``, ``branches`` and ``targets`` is optional
     weights = "weights/clip.pt"            # relative to this file; passed as weights=
     set = { stage = "stage2" }             # config overrides, like --set (values become strings)
     options = {}                           # further keyword arguments of the factory, verbatim
+    paths = { adapters = "../ckpt/base" }  # factory keyword arguments that are paths relative to this file
 
     [thresholds]
     min_retention = 0.8                    # the band of every (branch, target) total row
@@ -70,7 +71,7 @@ class SpecError(GradflowError):
 # ------------------------------------------------------------------------------------------ schema
 _TOP = {"description", "branches", "targets", "batches", "seed", "confidence", "subject", "thresholds",
         "baseline", "preflight"}
-_SUBJECT = {"name", "preset", "seed", "weights", "set", "options"}
+_SUBJECT = {"name", "preset", "seed", "weights", "set", "options", "paths"}
 _THRESHOLDS = {"min_retention", "max_retention", "gate", "per_module", "modules"}
 _MODULE_THRESHOLD = {"module", "target", "branch", "min_retention", "max_retention"}
 _BASELINE = {"record", "tolerance", "direction"}
@@ -236,6 +237,19 @@ def _override_value(reader: _Reader, key: str, value: Any) -> str:
     raise reader.error(f"set.{key}", f"expected a string, number, boolean or list of these, got {value!r}.")
 
 
+def _paths(reader: _Reader, path: Path) -> dict[str, str]:
+    out = {}
+    for key, value in reader.table("paths").items():
+        if not isinstance(value, str) or not value.strip():
+            raise reader.error(f"paths.{key}", f"expected a path (a string, relative to the spec), got {value!r}.")
+        resolved = path.parent / value
+        if not resolved.exists():
+            raise reader.error(f"paths.{key}", f"{resolved} does not exist (paths are relative to the spec's folder "
+                               f"{path.parent}).")
+        out[str(key)] = str(resolved)
+    return out
+
+
 def _band(reader: _Reader, default: Band | None = None) -> Band:
     low = reader.number("min_retention", default.min_retention if default else 0.8)
     high = reader.number("max_retention", default.max_retention if default else None)
@@ -353,7 +367,7 @@ def parse_spec(data: dict[str, Any], path: Path) -> Spec:
         description=top.string("description", ""), preset=spec_preset,
         subject_seed=subject.integer("seed"),
         weights=None if weights is None else path.parent / weights,
-        overrides=overrides, options=dict(subject.table("options")),
+        overrides=overrides, options={**subject.table("options"), **_paths(subject, path)},
         extra_branches=extra_branches, extra_targets=extra_targets,
         batches=top.integer("batches", None, minimum=1), seed=top.integer("seed", 0), confidence=confidence,
         band=band, gate=gate, per_module=thresholds.boolean("per_module", False),

@@ -80,6 +80,8 @@ def test_shipped_specs_parse():
         (GOOD + "[preflight]\ntrained = [1]\n", "preflight.trained[0]", "non-empty string"),
         (GOOD + "[preflight]\nconfig = { w = [1, 2] }\n", "preflight.config.w", "string, number or boolean"),
         (GOOD.replace("[subject]", "[subjekt]"), "subjekt", "Did you mean 'subject'"),
+        (GOOD.replace("set = { width = 8 }", 'paths = { adapters = "ckpt/none" }'), "subject.paths.adapters",
+         "does not exist"),
     ],
 )
 def test_spec_errors_name_file_and_key(tmp_path, text, key, words):
@@ -89,6 +91,12 @@ def test_spec_errors_name_file_and_key(tmp_path, text, key, words):
     message = str(info.value)
     assert message.startswith(f"{path}: {key}:"), message
     assert words in message
+
+
+def test_subject_paths_resolve_relative_to_the_spec(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    spec = load_spec(write(tmp_path, GOOD.replace("set = { width = 8 }", 'paths = { adapters = "ckpt" }')))
+    assert spec.options == {"adapters": str(tmp_path / "ckpt")}
 
 
 def test_not_toml_and_missing_file(tmp_path):
