@@ -48,7 +48,7 @@ def fmt_ci_pair(ci: tuple[float, float] | list[float] | None) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-_MD_SPECIAL = "\\`*_{}[]()<>#+!|~$"
+_MD_SPECIAL = "\\`*_[]<>#|~$"
 _HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 

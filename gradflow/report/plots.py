@@ -46,8 +46,11 @@ def label(text: Any) -> str:
 
 def figure_svg(fig: Any) -> str:
     """The figure as an ``<svg>`` element string fit for inline HTML."""
+    import matplotlib
+
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
     for pattern, repl in _STRIP:
         svg = pattern.sub(repl, svg)

@@ -37,8 +37,8 @@ def retention_table(
     table.add_column("branch")
     if record.kind == "sweep":
         table.add_column("scale", justify="right")
-    table.add_column("target")
-    table.add_column("module")
+    table.add_column("target", overflow="fold")
+    table.add_column("module", overflow="fold")
     table.add_column("norm with", justify="right")
     table.add_column("norm without", justify="right")
     table.add_column("retention", justify="right")
@@ -108,9 +108,10 @@ def bar_view(record: RunRecord, band: Band | None = None, mode: GateMode = "ci")
     rows = [r for group_rows in groups.values() for r in group_rows]
     axis_max = _axis_max([r["retention"] for r in rows], band)
     table = Table(title="retention per scale" if sweep else "retention per module",
-                  caption=f"bar axis 0 to {axis_max:.2f}; │ = band lower bound {band.describe()}",
+                  caption=f"bar axis 0 to {axis_max:.2f}; band {band.describe()}: │ lower bound"
+                  + ("" if band.max_retention is None else ", ┊ upper bound"),
                   box=None, show_edge=False, pad_edge=False)
-    table.add_column("scale" if sweep else "module")
+    table.add_column("scale" if sweep else "module", overflow="fold")
     table.add_column("retention", justify="right")
     table.add_column("bar", no_wrap=True)
     table.add_column("verdict")
@@ -176,7 +177,7 @@ def regression_table(rows: list[dict[str, Any]], band: Band, modules: bool = Tru
     table = Table(title=title, caption=f"band {band.describe()}; "
                   + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     for column in ("branch", *(["scale"] if sweep else []), "target", "module"):
-        table.add_column(column, justify="right" if column == "scale" else "left")
+        table.add_column(column, justify="right" if column == "scale" else "left", overflow="fold")
     for column in ("baseline", "new", "delta"):
         table.add_column(column, justify="right")
     table.add_column("baseline CI", justify="right")
@@ -188,10 +189,9 @@ def regression_table(rows: list[dict[str, Any]], band: Band, modules: bool = Tru
         if sweep:
             cells.append(fmt_scale(row["scale"]))
         total = row["module"] == "*"
-        summary = row["summary"]
         why = row["note"]
-        if summary.endswith("(fixed)") or summary.endswith("(broken)"):
-            why = summary
+        if row["summary"].endswith(("(fixed)", "(broken)")):
+            why += " " + row["summary"].rsplit(" ", 1)[1]
         cells += [
             Text(row["target"]), Text(module_label(row["module"]) if total else "  " + row["module"]),
             fmt_ratio(row["old"]) if row["old_verdict"] is not None else "",
