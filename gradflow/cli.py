@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a gate failed (``check``), 2 bad input (nothing is writ
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +28,15 @@ app = typer.Typer(
     help="gradflow: does a new branch starve another module of gradient? Measure retention = "
     "‖∇target‖ with the branch / without it.",
 )
-out_console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """A console that keeps tables readable in CI logs: 160 columns when not a terminal (unless COLUMNS)."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty())
+    return Console(stderr=stderr, width=160 if piped and not os.environ.get("COLUMNS") else None)
+
+
+out_console = _console()
+err_console = _console(stderr=True)
 
 SubjectOpt = Annotated[str, typer.Option("--subject", "-s", help="Built-in subject name or module.path:factory.")]
 PresetOpt = Annotated[str | None, typer.Option(help="Subject preset (aaclip: full, native, small, tiny).")]

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ablate import ablate
+from .ablation import ablate
 from .errors import LossError, SubjectError
-from .probe import combine_norms
+from .probing import combine_norms
 from .record import RunRecord, build_record
 from .stats import bootstrap_indices, bootstrap_ratio_ci, ratio_of_means
 from .subject import Branch, Subject
