@@ -25,6 +25,8 @@ T = TypeVar("T")
 MAX_BAR_MODULES = 40
 #: Figure width in inches.
 WIDTH = 9.5
+#: Above this many modules the profile shades the CI instead of drawing error bars.
+MAX_ERRORBARS = 80
 #: At most this many module names are written as tick labels of the retention profile.
 MAX_TICK_LABELS = 40
 
@@ -202,8 +204,16 @@ def retention_profiles(record: RunRecord, band: Band) -> list[dict[str, Any]]:
         for i, (name, srows) in enumerate(series.items()):
             xs = [index[r["module"]] for r in srows]
             ys = [r["retention"] if _finite(r["retention"]) else math.nan for r in srows]
-            ax.errorbar(xs, ys, yerr=_yerr(srows), fmt="o-", ms=3 if len(modules) > 60 else 4, lw=1, capsize=2,
-                        color=_COLORS[i % len(_COLORS)], label=label(name))
+            color = _COLORS[i % len(_COLORS)]
+            if len(modules) <= MAX_ERRORBARS:
+                ax.errorbar(xs, ys, yerr=_yerr(srows), fmt="o-", ms=4, lw=1, capsize=2, color=color,
+                            label=label(name))
+            else:  # hundreds of modules: one shaded CI polygon instead of hundreds of error bars
+                low, high = _yerr(srows)
+                ax.plot(xs, ys, "-", lw=1, color=color, label=label(name))
+                ax.fill_between(xs, [y - d for y, d in zip(ys, low, strict=True)],
+                                [y + d for y, d in zip(ys, high, strict=True)], color=color, alpha=0.2, lw=0,
+                                label=label(f"{name} CI"))
         if named:
             ax.set_xticks(range(len(modules)), [label(m) for m in modules], rotation=45, ha="right")
         else:

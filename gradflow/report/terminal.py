@@ -78,16 +78,11 @@ def _bar(value: float | None, band: Band, axis_max: float, style: str) -> Text:
         if bound is not None and 0 < bound <= axis_max:
             marks[min(BAR_WIDTH - 1, int(round(bound / axis_max * BAR_WIDTH)))] = char
     filled = 0 if value is None or not math.isfinite(value) else int(round(max(0.0, value) / axis_max * BAR_WIDTH))
-    text = Text()
-    for i in range(BAR_WIDTH):
-        if i in marks:
-            text.append(marks[i], style="bold")
-        elif i < filled:
-            text.append("█", style=style)
-        else:
-            text.append("·", style="dim")
-    text.append("▸" if filled > BAR_WIDTH else " ")
-    return text
+    cells = [marks.get(i, "█" if i < filled else "·") for i in range(BAR_WIDTH)]
+    cells.append("▸" if filled > BAR_WIDTH else " ")
+    line = "".join(cells)
+    cut = min(filled, BAR_WIDTH)
+    return Text.assemble((line[:cut], style), (line[cut:], "dim"))
 
 
 def _axis_max(values: list[float | None], band: Band) -> float:
@@ -96,39 +91,59 @@ def _axis_max(values: list[float | None], band: Band) -> float:
     return min(top * 1.05, 2.0)
 
 
-def bar_view(record: RunRecord, band: Band | None = None, mode: GateMode = "ci") -> Table:
-    """A compact per-layer view: one bar per module row (compare) or per scale (sweep), grouped by
-    (branch, target). '│' marks the band's lower bound; bars beyond the axis (2.0) end in '▸'."""
+def _columns(header: list[str], right: set[int], rows: list[list[Text | str]]) -> list[Text]:
+    """Rows of cells laid out as aligned lines (much faster than a rich Table for hundreds of rows)."""
+    cells = [[c if isinstance(c, Text) else Text(c) for c in row] for row in rows]
+    widths = [max([len(header[i]), *(r[i].cell_len for r in cells if len(r) > i)]) for i in range(len(header))]
+    lines = [Text("  ".join(h.rjust(w) if i in right else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths,
+                                                                                                    strict=True))),
+                  style="bold")]
+    for row in cells:
+        line = Text()
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - cell.cell_len)
+            if i:
+                line.append("  ")
+            if i in right:
+                line.append(pad)
+            line.append_text(cell)
+            if i not in right and i < len(row) - 1:
+                line.append(pad)
+        lines.append(line)
+    return lines
+
+
+def bar_view(record: RunRecord, band: Band | None = None, mode: GateMode = "ci") -> Group:
+    """The per-module breakdown with a compact bar per layer (compare), or the retention of each whole
+    target per scale (sweep), grouped by (branch, target). '│' marks the band's lower bound, '┊' its upper
+    bound; bars beyond the axis (at most 2.0) end in '▸'."""
     band = band or Band()
     sweep = record.kind == "sweep"
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in record.rows:
         if (r["module"] == "*") == sweep:
             groups.setdefault((r["branch"], r["target"]), []).append(r)
-    rows = [r for group_rows in groups.values() for r in group_rows]
-    axis_max = _axis_max([r["retention"] for r in rows], band)
-    table = Table(title="retention per scale" if sweep else "retention per module",
-                  caption=f"bar axis 0 to {axis_max:.2f}; band {band.describe()}: │ lower bound"
-                  + ("" if band.max_retention is None else ", ┊ upper bound"),
-                  box=None, show_edge=False, pad_edge=False)
-    table.add_column("scale" if sweep else "module", overflow="fold")
-    table.add_column("retention", justify="right")
-    table.add_column("bar", no_wrap=True)
-    table.add_column("verdict")
-    group = None
-    for row in rows:
-        key = (row["branch"], row["target"])
-        if key != group:
-            if group is not None:
-                table.add_row("", "", "", "")
-            table.add_row(Text(f"{row['branch']} → {row['target']}", style="bold"), "", "", "")
-            group = key
-        label = verdict(row, band, mode)
-        style = VERDICT_STYLE.get(label, "")
-        name = Text("  " + (fmt_scale(row["scale"]) if sweep else row["module"]))
-        table.add_row(name, fmt_ratio(row["retention"]), _bar(row["retention"], band, axis_max, style),
-                      Text(label, style=style))
-    return table
+    axis_max = _axis_max([r["retention"] for rows in groups.values() for r in rows], band)
+    ci_pct = int(round(record.data.get("confidence", 0.95) * 100))
+    header = ["scale" if sweep else "module", *([] if sweep else ["norm with", "norm without"]), "retention",
+              f"{ci_pct}% CI", "bar", "verdict"]
+    right = {1, 2} if sweep else {1, 2, 3, 4}
+    rows: list[list[Text | str]] = []
+    for (branch, target), group_rows in groups.items():
+        if rows:
+            rows.append([""])
+        rows.append([Text(f"{branch} → {target}", style="bold")])
+        for row in group_rows:
+            label = verdict(row, band, mode)
+            style = VERDICT_STYLE.get(label, "")
+            norms = [] if sweep else [fmt_norm(row["norm_with"]), fmt_norm(row["norm_without"])]
+            rows.append([Text("  " + (fmt_scale(row["scale"]) if sweep else row["module"])), *norms,
+                         fmt_ratio(row["retention"]), fmt_ci(row), _bar(row["retention"], band, axis_max, style),
+                         Text(label, style=style)])
+    caption = f"bar axis 0 to {axis_max:.2f}; band {band.describe()}: │ lower bound" + (
+        "" if band.max_retention is None else ", ┊ upper bound")
+    title = Text("retention per scale" if sweep else "per-module breakdown", style="bold italic")
+    return Group(title, *_columns(header, right, rows), Text(caption, style="dim"))
 
 
 def suggestion_text(suggestion: dict[str, Any]) -> Text:
@@ -150,10 +165,12 @@ def metadata_text(record: RunRecord) -> Text:
 
 def render_record(record: RunRecord, band: Band | None = None, mode: GateMode = "ci",
                   modules: bool = True) -> RenderableType:
-    """Everything the terminal shows for one record: the table, the bar view, a sweep's suggestion."""
+    """Everything the terminal shows for one record: the branch x target table, then (compare) the
+    per-module breakdown with bars, or (sweep) the table and the retention per scale with the suggestion."""
     band = band or Band()
-    parts: list[RenderableType] = [retention_table(record, band, mode, modules), metadata_text(record)]
-    if modules or record.kind == "sweep":
+    sweep = record.kind == "sweep"
+    parts: list[RenderableType] = [retention_table(record, band, mode, modules and sweep), metadata_text(record)]
+    if modules or sweep:
         parts += [Text(""), bar_view(record, band, mode)]
     if record.kind == "sweep":
         parts += [Text(""), suggestion_text(suggest_scale(record, band, mode=mode))]
