@@ -32,7 +32,7 @@ def invoke(*args):
 def test_terminal_default(files):
     result = invoke(files["run"])
     assert result.exit_code == 0, result.output
-    assert "gradflow compare" in result.output and "retention per module" in result.output
+    assert "gradflow compare" in result.output and "per-module breakdown" in result.output
     assert "blocks.1.adapter|[red]x_y*`z`" in result.output
 
 
