@@ -32,7 +32,6 @@ def _metadata(record: RunRecord) -> list[tuple[str, str]]:
         ("subject", subject.get("name")),
         ("preset", subject.get("preset") or "—"),
         ("kind", record.kind),
-        ("config", json.dumps(subject.get("config", {}), sort_keys=True, default=str)),
         ("model", ", ".join(f"{k} {v}" for k, v in model.items())),
         ("branches", "; ".join(f"{name}: {b.get('selector')} ({b.get('mode')}, {len(b.get('modules', []))} modules)"
                                for name, b in data["branches"].items())),
@@ -46,6 +45,11 @@ def _metadata(record: RunRecord) -> list[tuple[str, str]]:
         ("record", record.source or "(in memory)"),
     ]
     return [(k, str(v)) for k, v in items]
+
+
+def _config(record: RunRecord) -> list[tuple[str, str]]:
+    config = record.data["subject"].get("config") or {}
+    return [(str(k), v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in sorted(config.items())]
 
 
 def _rows(record: RunRecord, band: Band, mode: GateMode, modules: bool) -> list[dict[str, Any]]:
@@ -101,7 +105,8 @@ def render_html(record: RunRecord, band: Band | None = None, mode: GateMode = "c
     ci_pct = int(round(record.data.get("confidence", 0.95) * 100))
     template = _environment().from_string(PAGE)
     return template.render(
-        title=title, band=band.describe(), mode=mode, metadata=_metadata(record), suggestion=suggestion,
+        title=title, band=band.describe(), mode=mode, metadata=_metadata(record), config=_config(record),
+        suggestion=suggestion,
         warnings=compatibility_warnings(baseline, record) if baseline is not None else [],
         regression=_regression(baseline, record, band, mode, modules) if baseline is not None else None,
         rows=_rows(record, band, mode, modules), sweep=record.kind == "sweep", ci_label=f"{ci_pct}% CI",

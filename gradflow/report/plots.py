@@ -77,14 +77,20 @@ def _figure(width: float, height: float, left_labels: list[str] | None = None,
     """A figure with margins sized for its tick labels (one draw: cheaper than bbox_inches='tight')."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=72)
     char_in = 0.075  # width of one 9 pt character, in inches (approximate)
     left = 0.55 + char_in * max((len(t) for t in left_labels or []), default=0)
     bottom = 0.5
     if bottom_labels:
         longest = max(len(t) for t in bottom_labels)
-        bottom += char_in * longest * (0.72 if rotated else 0.0) + (0.1 if rotated else 0.15)
-    left, bottom = min(left, width * 0.55), min(bottom, height * 0.6)
+        if rotated:  # 45° labels hang down and to the left of their ticks: grow the figure, not shrink the plot
+            drop = char_in * longest * 0.72
+            bottom += drop + 0.1
+            height += drop
+            left = max(left, drop + 0.1)
+        else:
+            bottom += 0.15
+    left = min(left, width * 0.55)
+    fig = Figure(figsize=(width, height), dpi=72)
     fig.subplots_adjust(left=left / width, right=1 - 0.2 / width, bottom=bottom / height, top=1 - 0.5 / height)
     return fig
 

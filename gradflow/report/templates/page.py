@@ -36,6 +36,7 @@ tr.module td.name { padding-left: 22px; }
 figure { margin: 12px 0 22px; background: #fff; border: 1px solid #dde1e6; padding: 8px; border-radius: 4px; }
 figure svg { max-width: 100%; height: auto; display: block; } figcaption { color: #5b6673; font-size: 13px; }
 figcaption strong { color: #1d232b; }
+details summary { cursor: pointer; color: #174f86; } table.config td { font-size: 12px; padding: 1px 6px; }
 .scroll { max-height: 640px; overflow: auto; }
 footer { color: #8a94a0; font-size: 12px; margin-top: 40px; }
 </style>
@@ -54,7 +55,11 @@ footer { color: #8a94a0; font-size: 12px; margin-top: 40px; }
 <h2>Run</h2>
 <dl class="meta">
 {% for key, value in metadata %}<dt>{{ key }}</dt><dd>{{ value }}</dd>
-{% endfor %}</dl>
+{% endfor %}<dt>config</dt><dd><details><summary>{{ config|length }} keys</summary>
+<table class="config">{% for key, value in config %}<tr><td class="name">{{ key }}</td>
+<td class="name">{{ value }}</td></tr>
+{% endfor %}</table></details></dd>
+</dl>
 
 {% if suggestion %}
 <div class="suggestion{% if suggestion.scale is none %} none{% endif %}"><strong>Suggestion:</strong>
