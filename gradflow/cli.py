@@ -77,14 +77,14 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
     return overrides
 
 
-def check_output_path(path: Path | None) -> None:
+def check_output_path(path: Path | None, option: str = "--out", example: str = "run.json") -> None:
     """Fail before any work when ``path`` cannot be written (missing folder, a directory)."""
     if path is None:
         return
     if path.is_dir():
-        raise fail(f"--out {path} is a directory; give a file name such as {path / 'run.json'}.")
+        raise fail(f"{option} {path} is a directory; give a file name such as {path / example}.")
     if not path.parent.exists():
-        raise fail(f"--out {path}: the folder {path.parent} does not exist. Create it first.")
+        raise fail(f"{option} {path}: the folder {path.parent} does not exist. Create it first.")
 
 
 @contextmanager

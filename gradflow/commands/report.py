@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,22 +18,6 @@ MaxOpt = Annotated[float | None, typer.Option(help="Upper bound of the retention
 ModulesOpt = Annotated[bool, typer.Option("--modules/--no-modules", help="Show per-module rows.")]
 
 
-def _check_html_path(path: Path) -> None:
-    from ..cli import fail
-
-    if path.is_dir():
-        raise fail(f"--html {path} is a directory; give a file name such as {path / 'report.html'}.")
-    if not path.parent.exists():
-        raise fail(f"--html {path}: the folder {path.parent} does not exist. Create it first.")
-
-
-def _readable(path: Path) -> None:
-    """Give the report the permissions of an ordinary new file (write_atomic's temporary file is 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def command(
     run: Annotated[Path, typer.Argument(help="Run record (JSON) to render.")],
     baseline: BaselineOpt = None,
@@ -46,14 +29,14 @@ def command(
     modules: ModulesOpt = True,
 ) -> None:
     """Render a run record (terminal table, markdown, HTML) or a regression report against a baseline."""
-    from ..cli import bad_input_exits, err_console, fail, out_console
+    from ..cli import bad_input_exits, check_output_path, err_console, fail, out_console
     from ..gate import Band
     from ..record import load_run, write_atomic
 
     if markdown and as_json:
         raise fail("--markdown and --json both print to stdout; choose one.")
     if html is not None:
-        _check_html_path(html)
+        check_output_path(html, "--html", "report.html")
     with bad_input_exits():
         band = Band(min_retention, max_retention)
         record = load_run(run)
@@ -64,7 +47,6 @@ def command(
             page = render_html(record, band, baseline=old, modules=modules)
             try:
                 write_atomic(html, page)
-                _readable(html)
             except OSError as exc:
                 raise fail(f"cannot write --html {html}: {exc.strerror or exc}. Check the folder's permissions "
                            "and free space; nothing was written.") from None
