@@ -42,6 +42,7 @@ SubjectOpt = Annotated[str, typer.Option("--subject", "-s", help="Built-in subje
 PresetOpt = Annotated[str | None, typer.Option(help="Subject preset (aaclip: full, native, small, tiny).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Subject config override key=value (repeatable).")]
 WeightsOpt = Annotated[Path | None, typer.Option(help="Local weights file for the subject's backbone.")]
+AdaptersOpt = Annotated[Path | None, typer.Option(help="Folder of trained adapter checkpoints to load (aaclip).")]
 BatchesOpt = Annotated[int | None, typer.Option(help="Number of batches (default: the subject's default).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for the passes' RNG and the bootstrap.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write the run record (JSON) here.")]
@@ -105,14 +106,16 @@ def progress_reporter(quiet: bool, label: str) -> Iterator[Callable[[int, int], 
         yield update
 
 
-def _load(subject: str, preset: str | None, overrides: dict[str, str], weights: Path | None) -> Any:
+def _load(subject: str, preset: str | None, overrides: dict[str, str], weights: Path | None,
+          adapters: Path | None = None) -> Any:
     from .subjects.registry import load_subject
 
     # Like other tools that import user code by path (uvicorn, celery), resolve it from the current folder.
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
     return load_subject(subject, preset=preset, overrides=overrides,
-                        weights=str(weights) if weights is not None else None)
+                        weights=str(weights) if weights is not None else None,
+                        adapters=str(adapters) if adapters is not None else None)
 
 
 def _emit(record: Any, out: Path | None, quiet: bool, as_json: bool, band: Any) -> None:
@@ -138,6 +141,7 @@ def compare(
     seed: SeedOpt = 0,
     set_: SetOpt = None,
     weights: WeightsOpt = None,
+    adapters: AdaptersOpt = None,
     out: OutOpt = None,
     min_retention: MinOpt = 0.8,
     max_retention: MaxOpt = None,
@@ -152,7 +156,7 @@ def compare(
     check_output_path(out)
     with bad_input_exits():
         band = Band(min_retention, max_retention)
-        sub = _load(subject, preset, overrides, weights)
+        sub = _load(subject, preset, overrides, weights, adapters)
         with progress_reporter(quiet or as_json, "passes") as progress:
             record = run_compare(sub, batches=batches, branches=ablate, targets=target, seed=seed,
                                  progress=progress)
@@ -170,6 +174,7 @@ def sweep(
     seed: SeedOpt = 0,
     set_: SetOpt = None,
     weights: WeightsOpt = None,
+    adapters: AdaptersOpt = None,
     out: OutOpt = None,
     min_retention: MinOpt = 0.8,
     max_retention: MaxOpt = None,
@@ -188,7 +193,7 @@ def sweep(
     check_output_path(out)
     with bad_input_exits():
         band = Band(min_retention, max_retention)
-        sub = _load(subject, preset, overrides, weights)
+        sub = _load(subject, preset, overrides, weights, adapters)
         with progress_reporter(quiet or as_json, "passes") as progress:
             record = run_sweep(sub, branch, scale_values, batches=batches, targets=target, seed=seed,
                                progress=progress)

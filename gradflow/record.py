@@ -35,13 +35,14 @@ _REQUIRED_KEYS = ("schema", "schema_version", "kind", "subject", "seed", "branch
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _encode(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as the strings record files use ('NaN', 'Infinity', '-Infinity')."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, Mapping):
-        return {str(k): _encode(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -149,7 +150,7 @@ def build_record(
         "retention": rows,
     }
     # A JSON round trip makes the in-memory record identical to what load_run() returns.
-    return RunRecord(_decode_numbers(json.loads(json.dumps(_encode(data), allow_nan=False))))
+    return RunRecord(_decode_numbers(json.loads(json.dumps(json_safe(data), allow_nan=False))))
 
 
 class RunRecord:
@@ -219,7 +220,7 @@ class RunRecord:
     # -- I/O ---------------------------------------------------------------------------------------
     def to_json(self) -> str:
         """The record as strict JSON text (stable key order, non-finite floats as strings)."""
-        return json.dumps(_encode(self.data), indent=1, allow_nan=False) + "\n"
+        return json.dumps(json_safe(self.data), indent=1, allow_nan=False) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the record atomically: a temporary file in the same folder, then a rename."""

@@ -51,7 +51,7 @@ def command(
                 raise fail(f"cannot write --html {html}: {exc.strerror or exc}. Check the folder's permissions "
                            "and free space; nothing was written.") from None
         if as_json:
-            from ..report.format import json_safe
+            from ..record import json_safe
             from ..report.summary import report_data
 
             data = report_data(record, band, modules=modules, baseline=old)

@@ -72,14 +72,3 @@ def md_escape(text: object) -> str:
 def module_label(module: str) -> str:
     """How a row's module is shown: '(all)' for the whole-target row."""
     return "(all)" if module == "*" else module
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as the strings record files use ('NaN', 'Infinity', '-Infinity')."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
