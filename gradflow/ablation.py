@@ -1,12 +1,15 @@
-"""Ablation: switch branches off (or scale them) for a pass with forward hooks.
+"""Ablation: switch branches off (or scale them) for a pass with forward hooks, and prove it happened.
 
 The branch modules still run, so they consume the RNG (dropout) exactly as in the un-ablated pass and
-later modules see the same random stream; only their outputs are replaced.
+later modules see the same random stream; only their outputs are replaced. Every replacement is counted:
+:meth:`Ablation.verify` raises :class:`AblationError` for a branch module whose forward never ran (its hook
+never fired, so nothing was ablated), naming the modules under it that did run. A measurement with such a
+module would report "no effect", which would be false.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,7 +18,7 @@ from torch import nn
 
 from ._tree import map_tensors
 from .errors import AblationError
-from .select import select_modules
+from .select import resolve_containers, select_modules
 from .subject import Branch
 
 
@@ -59,20 +62,129 @@ def _identity_output(name: str, module: nn.Module, args: tuple, kwargs: dict, ou
     return replaced
 
 
-def _make_hook(name: str, branch: Branch):
+def _replacement(name: str, branch: Branch):
     if branch.mode == "identity":
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            return _identity_output(name, module, args, kwargs, output)
-    elif branch.mode == "scale" and branch.scale != 0:
+        return lambda module, args, kwargs, output: _identity_output(name, module, args, kwargs, output)
+    if branch.mode == "scale" and branch.scale != 0:
         factor = float(branch.scale)
+        return lambda module, args, kwargs, output: map_tensors(
+            output, lambda t: t * factor if t.is_floating_point() else t)
+    # Fresh zeros carry no graph: the branch's parameters get no gradient ("no grad", not 0.0).
+    return lambda module, args, kwargs, output: map_tensors(
+        output, lambda t: torch.zeros_like(t) if t.is_floating_point() else t)
+
+
+def branch_modules(model: nn.Module, branch: Branch, aliases: Sequence[str] = ()) -> tuple[
+        list[tuple[str, nn.Module]], list[str]]:
+    """The modules a branch hooks (containers that never run resolved to what is inside) and the notes
+    saying which containers were resolved."""
+    return resolve_containers(select_modules(model, branch.selector, aliases=aliases))
+
+
+class ForwardCalls:
+    """Counts the forward calls of named modules while installed; a context manager.
+
+    A hook's lifetime is this object's ``with`` block: hooks are removed on exit, also on errors.
+    """
+
+    def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
+        self.modules = list(dict.fromkeys(modules))
+        self.counts: dict[str, int] = {name: 0 for name, _ in self.modules}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> ForwardCalls:
+        for name, module in self.modules:
+            self._handles.append(module.register_forward_pre_hook(self._counter(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _counter(self, name: str):
+        def hook(_module: nn.Module, _args: Any) -> None:
+            self.counts[name] += 1
+
+        return hook
+
+    def reset(self) -> None:
+        """Set every count back to zero (between passes)."""
+        for name in self.counts:
+            self.counts[name] = 0
+
+
+class Ablation:
+    """The hooks that ablate a set of branches, with a count of how often each replaced an output."""
+
+    def __init__(self, model: nn.Module, branches: Mapping[str, Branch], aliases: Sequence[str] = ()) -> None:
+        self.model = model
+        self.targets: list[tuple[str, str, nn.Module, Branch]] = []  # (branch, module name, module, branch)
+        self.notes: list[str] = []
+        for branch_name, branch in branches.items():
+            modules, notes = branch_modules(model, branch, aliases)
+            self.notes += notes
+            self.targets += [(branch_name, name, module, branch) for name, module in modules]
+        self.calls: dict[str, int] = {name: 0 for _, name, _, _ in self.targets}
+        self._handles: list[Any] = []
+
+    @property
+    def module_names(self) -> list[str]:
+        """Qualified names of the ablated modules."""
+        return [name for _, name, _, _ in self.targets]
+
+    def __enter__(self) -> Ablation:
+        try:
+            for _, name, module, branch in self.targets:
+                self._handles.append(module.register_forward_hook(self._hook(name, branch), with_kwargs=True))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str, branch: Branch):
+        replace = _replacement(name, branch)
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            return map_tensors(output, lambda t: t * factor if t.is_floating_point() else t)
-    else:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            # Fresh zeros carry no graph: the branch's parameters get no gradient ("no grad", not 0.0).
-            return map_tensors(output, lambda t: torch.zeros_like(t) if t.is_floating_point() else t)
-    return hook
+            self.calls[name] += 1
+            return replace(module, args, kwargs, output)
+
+        return hook
+
+    def verify(self, descendant_calls: Mapping[str, int] | None = None) -> None:
+        """Raise :class:`AblationError` if an ablated module's forward never ran since the hooks went on.
+
+        ``descendant_calls`` (qualified name -> forward calls in the same pass) lets the message name the
+        modules under it that did run.
+        """
+        idle = [(branch, name, module) for branch, name, module, _ in self.targets if self.calls[name] == 0]
+        if not idle:
+            return
+        branch, name, module = idle[0]
+        ran = [n for n, count in (descendant_calls or {}).items() if count and n.startswith(name + ".")]
+        under = [f"{name}.{child}" for child, _ in module.named_modules() if child]
+        if ran:
+            hint = (f"Modules under it that did run: {', '.join(ran[:6])}{', ...' if len(ran) > 6 else ''}. "
+                    f"Select those instead (e.g. {ran[0]!r}, or a glob such as '**.{ran[0].rsplit('.', 2)[-2]}."
+                    f"{ran[0].rsplit('.', 1)[-1]}').")
+        elif under:
+            hint = (f"None of the {len(under)} modules under it ran either: the branch is not used by this loss "
+                    "on this batch, or the model bypasses module calls (a compiled or scripted region, a "
+                    "functional call). Check the selector with `gradflow list`.")
+        else:
+            hint = ("The module is defined but the forward pass never calls it (check the selector with "
+                    "`gradflow list`, and that the loss calls the model it is given).")
+        others = f" ({len(idle) - 1} more ablated module(s) did not run either)" if len(idle) > 1 else ""
+        raise AblationError(
+            f"branch {branch!r}: module {name!r} ({type(module).__name__}) never ran in the forward pass, so its "
+            f"ablation hook never fired and nothing was switched off{others}. {hint} gradflow does not report a "
+            "retention for a branch it could not ablate."
+        )
 
 
 @contextmanager
@@ -80,17 +192,10 @@ def ablate(model: nn.Module, branches: Mapping[str, Branch] | Branch) -> Iterato
     """Switch off (or scale) every branch in ``branches`` inside the context.
 
     Yields the qualified names of the ablated modules. Hooks are removed on exit, also on exceptions.
+    On a clean exit, a module whose forward never ran inside the context raises :class:`AblationError`.
     """
     if isinstance(branches, Branch):
         branches = {"branch": branches}
-    handles = []
-    ablated: list[str] = []
-    try:
-        for branch in branches.values():
-            for name, module in select_modules(model, branch.selector):
-                handles.append(module.register_forward_hook(_make_hook(name, branch), with_kwargs=True))
-                ablated.append(name)
-        yield ablated
-    finally:
-        for handle in handles:
-            handle.remove()
+    with Ablation(model, branches) as ablation:
+        yield ablation.module_names
+        ablation.verify()

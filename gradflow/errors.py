@@ -29,3 +29,7 @@ class LossError(GradflowError):
 
 class RecordError(GradflowError):
     """A run record file is missing, corrupt, foreign or of an unsupported schema version."""
+
+
+class ProbeError(GradflowError):
+    """A probe was asked for a number it did not observe (no backward, no forward inside it, local-only)."""

@@ -2,13 +2,18 @@
 
 One *pass* is one forward + backward of the subject on one batch under one ablation *setting*. Every
 setting of one batch runs from the same RNG seed on the same weights, so dropout masks match. Gradients
-come from ``torch.autograd.grad`` on the targets' parameters only: the user's ``.grad`` fields, modes,
-hooks and RNG state are left exactly as they were.
+come from ``torch.autograd.grad`` on the targets' parameters only, or, where autograd cannot reach them
+(reentrant checkpointing, FSDP2), from a ``.backward()`` whose ``.grad`` writes are undone
+(:mod:`gradflow.gradients`). The user's ``.grad`` fields, modes, hooks and RNG state are left exactly as
+they were.
+
+Nothing is taken on trust: every ablated module must have run in its pass (:class:`gradflow.ablation.
+Ablation`), compiled code runs eagerly so that hooks fire, and under DDP/FSDP2 the numbers are global
+(:mod:`gradflow.distributed`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,10 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ablation import ablate
+from .ablation import Ablation, ForwardCalls, branch_modules
+from .distributed import reduce_pass
 from .errors import LossError, SubjectError
-from .probing import combine_norms
+from .gradients import GradientPath, choose_path, gradients
+from .norms import combine_norms
 from .record import RunRecord, build_record
+from .runtime import Runtime, inspect_model
 from .stats import bootstrap_indices, bootstrap_ratio_ci, ratio_of_means
 from .subject import Branch, Subject
 
@@ -47,6 +55,11 @@ class TargetLayout:
     params: list[nn.Parameter]
     rows: dict[str, dict[str, list[int]]]  # target -> {"*" | module name: parameter indices}
     describe: dict[str, dict[str, Any]]
+    modules: dict[str, dict[str, list[str]]]  # target -> {"*" | module name: names of modules (and descendants)}
+
+
+def _with_descendants(name: str, module: nn.Module) -> list[str]:
+    return [name] + [f"{name}.{child}" if name else child for child, _ in module.named_modules() if child]
 
 
 def _layout(subject: Subject, target_names: Sequence[str]) -> TargetLayout:
@@ -54,6 +67,7 @@ def _layout(subject: Subject, target_names: Sequence[str]) -> TargetLayout:
     params: list[nn.Parameter] = []
     rows: dict[str, dict[str, list[int]]] = {}
     describe: dict[str, dict[str, Any]] = {}
+    modules: dict[str, dict[str, list[str]]] = {}
 
     def indices(named: list[tuple[str, nn.Parameter]]) -> list[int]:
         out = []
@@ -67,23 +81,28 @@ def _layout(subject: Subject, target_names: Sequence[str]) -> TargetLayout:
     for target in target_names:
         named = subject.target_parameters(target)
         target_rows = {"*": indices(named)}
+        target_modules: dict[str, list[str]] = {"*": []}
         module_params: dict[str, int] = {}
         for module_name, module in subject.target_modules(target):
             own = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+            members = _with_descendants(module_name, module)
+            target_modules["*"] += members
             if own:
                 target_rows[module_name] = indices(own)
+                target_modules[module_name] = members
                 module_params[module_name] = sum(p.numel() for _, p in own)
         rows[target] = target_rows
+        modules[target] = target_modules
         describe[target] = {
             **subject.target(target).describe(),
             "n_params": sum(p.numel() for _, p in named),
             "modules": module_params,
         }
-    return TargetLayout(params, rows, describe)
+    return TargetLayout(params, rows, describe, modules)
 
 
 def _pass_seed(seed: int, batch_index: int) -> int:
-    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed % 2**63, batch_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def _seed_everything(seed: int) -> None:
@@ -111,24 +130,6 @@ def _check_loss(loss: Any) -> torch.Tensor:
     return loss.reshape(())
 
 
-def _one_pass(subject: Subject, batch: Any, setting: Setting, layout: TargetLayout) -> tuple[float, list]:
-    with ablate(subject.model, dict(setting.ablations)) if setting.ablations else contextlib.nullcontext():
-        loss = _check_loss(subject.loss_fn(subject.model, batch))
-        grads = torch.autograd.grad(loss, layout.params, allow_unused=True)
-    present = [g for g in grads if g is not None]
-    norms = torch._foreach_norm(present) if present else []
-    values = iter(torch.stack([loss.detach().to(torch.float64), *[n.to(torch.float64) for n in norms]]).tolist())
-    loss_value = next(values)
-    return loss_value, [None if g is None else next(values) for g in grads]
-
-
-def _group_norms(layout: TargetLayout, param_norms: list[float | None]) -> dict[str, dict[str, float | None]]:
-    return {
-        target: {row: combine_norms([param_norms[i] for i in idx]) for row, idx in rows.items()}
-        for target, rows in layout.rows.items()
-    }
-
-
 class _SavedRng:
     """Saves and restores every global RNG a loss function may touch (torch CPU/CUDA, random, numpy)."""
 
@@ -147,6 +148,84 @@ class _SavedRng:
         np.random.set_state(self._numpy)
 
 
+@dataclass
+class PassEngine:
+    """Runs passes of one subject: hooks and layouts are built once, every pass is verified."""
+
+    subject: Subject
+    runtime: Runtime
+    layout: TargetLayout
+    settings: Sequence[Setting]
+    #: gradient path used -> why (empty reason for the default path)
+    paths: dict[GradientPath, str] = field(default_factory=dict)
+    #: branch -> module name -> [fewest, most] forward calls in one pass
+    calls: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        aliases = self.runtime.aliases
+        names = {b for s in self.settings for b in s.ablations}
+        self.branch_modules: dict[str, list[tuple[str, nn.Module]]] = {}
+        for name in names:
+            modules, notes = branch_modules(self.subject.model, self.subject.branch(name), aliases)
+            self.branch_modules[name] = modules
+            self.notes += [f"branch {name}: {note}" for note in notes]
+        watched: list[tuple[str, nn.Module]] = []
+        for modules in self.branch_modules.values():
+            for name, module in modules:
+                watched += [(n, module.get_submodule(n[len(name) + 1:]) if n != name else module)
+                            for n in _with_descendants(name, module)]
+        for target in self.layout.modules:
+            for name, module in self.subject.target_modules(target):
+                watched += [(n, module.get_submodule(n[len(name) + 1:]) if n != name else module)
+                            for n in _with_descendants(name, module)]
+        self.watch = ForwardCalls(watched)
+        self.ablations = {s.name: Ablation(self.subject.model, s.ablations, aliases) for s in self.settings
+                          if s.ablations}
+
+    def run(self, batch: Any, setting: Setting) -> dict[str, Any]:
+        """One verified pass: ``{"loss", "norms" (target -> row -> norm), "ran" (target -> row -> bool)}``."""
+        ablation = self.ablations.get(setting.name)
+        self.watch.reset()
+        if ablation is not None:
+            for name in ablation.calls:
+                ablation.calls[name] = 0
+        with self.watch, (ablation if ablation is not None else _nothing()):
+            loss = _check_loss(self.subject.loss_fn(self.subject.model, batch))
+            if ablation is not None:
+                ablation.verify(self.watch.counts)
+            self._count_calls(setting)
+            path, reason = choose_path(loss, self.layout.params, sharded=self.runtime.scope == "fsdp2")
+            self.paths.setdefault(path, reason)
+            grads = gradients(loss, self.layout.params, path, self.subject.model)
+        loss_value, param_norms = reduce_pass(self.runtime, loss, grads, self.layout.params)
+        ran = {target: {row: any(self.watch.counts.get(m, 0) for m in members) for row, members in rows.items()}
+               for target, rows in self.layout.modules.items()}
+        return {"loss": loss_value, "norms": _group_norms(self.layout, param_norms), "ran": ran}
+
+    def _count_calls(self, setting: Setting) -> None:
+        for branch, modules in self.branch_modules.items():
+            for name, _ in modules:
+                count = self.watch.counts.get(name, 0)
+                low_high = self.calls.setdefault(branch, {}).setdefault(name, [count, count])
+                low_high[0], low_high[1] = min(low_high[0], count), max(low_high[1], count)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _group_norms(layout: TargetLayout, param_norms: list[float | None]) -> dict[str, dict[str, float | None]]:
+    return {
+        target: {row: combine_norms([param_norms[i] for i in idx]) for row, idx in rows.items()}
+        for target, rows in layout.rows.items()
+    }
+
+
 def run_passes(
     subject: Subject,
     settings: Sequence[Setting],
@@ -154,33 +233,38 @@ def run_passes(
     n_batches: int,
     seed: int,
     progress: ProgressFn | None = None,
-) -> tuple[TargetLayout, list[dict[str, Any]]]:
-    """Run every setting on every batch; return the target layout and one entry per pass."""
+) -> tuple[PassEngine, list[dict[str, Any]]]:
+    """Run every setting on every batch; return the engine (layout, paths, call counts) and one entry per pass."""
+    runtime = inspect_model(subject.wrapped_model)
     layout = _layout(subject, target_names)
+    engine = PassEngine(subject, runtime, layout, settings)
     passes: list[dict[str, Any]] = []
     total = n_batches * len(settings)
-    with _SavedRng(), torch.enable_grad():
+    with _SavedRng(), torch.enable_grad(), runtime.measuring():
         for batch_index in range(n_batches):
             batch = subject.batch(batch_index)
             pass_seed = _pass_seed(seed, batch_index)
             for setting in settings:
                 _seed_everything(pass_seed)
-                loss, param_norms = _one_pass(subject, batch, setting, layout)
-                passes.append({
-                    "batch": batch_index,
-                    "setting": setting.name,
-                    "loss": loss,
-                    "norms": _group_norms(layout, param_norms),
-                })
+                result = engine.run(batch, setting)
+                passes.append({"batch": batch_index, "setting": setting.name, **result})
                 if progress is not None:
                     progress(len(passes), total)
-    return layout, passes
+    return engine, passes
 
 
-def _status(with_values: list, without_values: list) -> tuple[str, str]:
+def _status(with_values: list, without_values: list, with_ran: list[bool], without_ran: list[bool]
+            ) -> tuple[str, str]:
+    for values, ran, side in ((with_values, with_ran, "with the branch"),
+                              (without_values, without_ran, "with the branch ablated")):
+        idle = sum(1 for v, r in zip(values, ran, strict=True) if v is None and not r)
+        if idle:
+            return "not_run", (f"the target's modules never ran in the forward pass {side} ({idle} of {len(values)} "
+                               "batches): the loss does not use them, so there is no gradient to measure")
     if any(v is None for v in with_values) or any(v is None for v in without_values):
         side = "with the branch" if any(v is None for v in with_values) else "with the branch ablated"
-        return "no_grad", f"the target received no gradient {side} in at least one batch"
+        return "no_grad", (f"the target's modules ran but received no gradient {side} in at least one batch "
+                           "(their output does not reach the loss, or it is detached)")
     values = np.array(with_values + without_values, dtype=float)
     if not np.all(np.isfinite(values)):
         return "non_finite", "NaN or Inf gradient norms"
@@ -211,14 +295,16 @@ def retention_rows(
             for module in target_rows:
                 with_values = [p["norms"][target][module] for p in by_setting[numerator]]
                 without_values = [p["norms"][target][module] for p in by_setting[denominator]]
-                status, note = _status(with_values, without_values)
+                with_ran = [p["ran"][target][module] for p in by_setting[numerator]]
+                without_ran = [p["ran"][target][module] for p in by_setting[denominator]]
+                status, note = _status(with_values, without_values, with_ran, without_ran)
                 row: dict[str, Any] = {
                     "branch": branch, "target": target, "module": module, "scale": scale,
                     "norm_with": None, "norm_without": None, "retention": None,
                     "ci_low": None, "ci_high": None, "n_batches": n_batches,
                     "per_batch": [None] * n_batches, "status": status, "note": note,
                 }
-                if status != "no_grad":
+                if status not in ("no_grad", "not_run"):
                     num = np.array(with_values, dtype=float)
                     den = np.array(without_values, dtype=float)
                     row["norm_with"] = float(np.mean(num))
@@ -318,18 +404,40 @@ def compare(
     target_names = _resolve_names(target_request or subject.default_targets, subject.targets, "targets",
                                   subject.target)
     n_batches = _batch_count(subject, n_requested)
-    branch_modules = {name: [m for m, _ in subject.branch_modules(name)] for name in branch_names}
     settings = [Setting(REFERENCE)] + [
         Setting(f"without:{name}", {name: subject.branch(name)}) for name in branch_names
     ]
-    layout, passes = run_passes(subject, settings, target_names, n_batches, seed, progress)
+    engine, passes = run_passes(subject, settings, target_names, n_batches, seed, progress)
     comparisons = [(name, REFERENCE, f"without:{name}", None) for name in branch_names]
-    rows = retention_rows(layout, passes, comparisons, n_batches, seed, confidence)
+    rows = retention_rows(engine.layout, passes, comparisons, n_batches, seed, confidence)
+    return _record("compare", subject, engine, settings, passes, rows, branch_names, seed, n_batches, confidence,
+                   started)
+
+
+def _record(kind: str, subject: Subject, engine: PassEngine, settings: Sequence[Setting], passes: list[dict],
+            rows: list[dict], branch_names: Sequence[str], seed: int, n_batches: int, confidence: float,
+            started: float, warnings: Sequence[str] = ()) -> RunRecord:
+    branches = {}
+    for name in branch_names:
+        calls = engine.calls.get(name, {})
+        branches[name] = {
+            **subject.branch(name).describe(),
+            "modules": [m for m, _ in engine.branch_modules[name]],
+            "calls_per_pass": [min((c[0] for c in calls.values()), default=0),
+                               max((c[1] for c in calls.values()), default=0)],
+        }
+    measurement = {
+        "gradient_paths": dict(engine.paths),
+        "runtime": engine.runtime.describe(),
+        "notes": [*engine.runtime.notes, *engine.notes,
+                  *(f"gradients through {path}: {why}" for path, why in engine.paths.items() if why)],
+        "warnings": list(warnings),
+    }
     return build_record(
-        kind="compare", subject=subject, seed=seed, n_batches=n_batches, confidence=confidence,
-        branches={n: {**subject.branch(n).describe(), "modules": branch_modules[n]} for n in branch_names},
-        targets=layout.describe, settings=settings, passes=passes, rows=rows,
-        batch_seeds=[_pass_seed(seed, i) for i in range(n_batches)],
+        kind=kind, subject=subject, seed=seed, n_batches=n_batches, confidence=confidence,
+        branches=branches, targets=engine.layout.describe, settings=settings,
+        passes=[{k: v for k, v in p.items() if k != "ran"} for p in passes], rows=rows,
+        batch_seeds=[_pass_seed(seed, i) for i in range(n_batches)], measurement=measurement,
         elapsed_s=time.perf_counter() - started,
     )
 
@@ -355,14 +463,29 @@ def sweep(
     reference = Setting(f"without:{branch}", {branch: Branch(selector, "zero")})
     scaled = [Setting(f"scale={float(s):g}:{branch}", {branch: Branch(selector, "scale", float(s))}, float(s))
               for s in scales]
-    layout, passes = run_passes(subject, [reference, *scaled], target_names, n_batches, seed, progress)
+    settings = [reference, *scaled]
+    engine, passes = run_passes(subject, settings, target_names, n_batches, seed, progress)
     comparisons = [(branch, s.name, reference.name, s.scale) for s in scaled]
-    rows = retention_rows(layout, passes, comparisons, n_batches, seed, confidence)
-    return build_record(
-        kind="sweep", subject=subject, seed=seed, n_batches=n_batches, confidence=confidence,
-        branches={branch: {**subject.branch(branch).describe(),
-                           "modules": [m for m, _ in subject.branch_modules(branch)]}},
-        targets=layout.describe, settings=[reference, *scaled], passes=passes, rows=rows,
-        batch_seeds=[_pass_seed(seed, i) for i in range(n_batches)],
-        elapsed_s=time.perf_counter() - started,
-    )
+    rows = retention_rows(engine.layout, passes, comparisons, n_batches, seed, confidence)
+    return _record("sweep", subject, engine, settings, passes, rows, [branch], seed, n_batches, confidence,
+                   started, warnings=scale_insensitive(rows, branch))
+
+
+def scale_insensitive(rows: Sequence[dict[str, Any]], branch: str) -> list[str]:
+    """Warnings for whole targets whose retention is the same at every non-zero scale of a sweep.
+
+    Scaling a module's output does nothing when the model renormalises it downstream (e.g. a branch whose
+    output is norm-matched to the hidden state after the hooked module): the sweep then measures nothing.
+    """
+    warnings = []
+    by_target: dict[str, list[float]] = {}
+    for row in rows:
+        if row["module"] == "*" and row["scale"] and row["status"] == "ok" and row["retention"] is not None:
+            by_target.setdefault(row["target"], []).append(row["retention"])
+    for target, values in by_target.items():
+        if len(values) >= 2 and max(values) - min(values) <= 1e-9 * max(1.0, abs(max(values))):
+            warnings.append(
+                f"retention of {target} is {values[0]:.4g} at every non-zero scale of {branch}: scaling the hooked "
+                "module's output changed nothing, so the model probably renormalises it downstream (a norm-matched "
+                "branch). Hook the module after the renormalisation, or scale the branch's own weight instead.")
+    return warnings

@@ -1,136 +1,296 @@
-"""Probe: hooks on selected modules that record gradient norms for one backward pass.
+"""Probe: hooks on selected modules that record gradient norms of the backward passes run inside it.
 
-Parameter gradients are read with tensor hooks on the parameters (they see the gradient of this
-backward pass before it is accumulated into ``.grad``, once per parameter even when it is shared).
-Output gradients are read with a forward hook that registers a tensor hook on each output tensor —
-not ``register_full_backward_hook``, which breaks on in-place ops and tuple outputs. A hook registered
-before a downstream in-place op sees the gradient of the value the module returned.
+Parameter gradients are read with tensor hooks on the parameters (they see the gradient of one backward
+pass before it is accumulated into ``.grad``, once per parameter even when it is shared). Output gradients
+are read with a forward hook that registers a tensor hook on each output tensor — not
+``register_full_backward_hook``, which breaks on in-place ops and tuple outputs. A hook registered before a
+downstream in-place op sees the gradient of the value the module returned.
 
-Norms stay on the device as 0-d tensors until :meth:`Probe.norms` reads them back in one transfer.
+Three numbers, each with one meaning:
+
+* :meth:`Probe.norms` — the parameter gradient of the **last backward pass** run inside the probe;
+  :meth:`Probe.backward_norms` — the same for every backward pass, in order.
+* :meth:`Probe.accumulated_norms` — the norm of ``.grad`` (everything accumulated since the last
+  ``zero_grad``: what ``optimizer.step()`` will use), read when the probe exits (or now, inside it).
+* :meth:`Probe.output_norms` — the gradient with respect to each module's outputs in the last backward pass.
+  It needs the **forward** to run inside the probe (that is when output hooks attach); a module whose forward
+  was not seen is an error, never ``None``.
+
+``None`` always means "observed, and no gradient reached it". Norms are float64, read back once per device.
+Under DDP and FSDP2, :meth:`accumulated_norms` and :meth:`output_norms` are global (every rank must call
+them: they communicate); per-backward parameter norms are this rank's local gradient before DDP/FSDP2
+reduce it, so they are only given with ``local=True``. A compiled model runs eagerly inside the probe.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._tree import tensors_in
+from .errors import ProbeError
+from .norms import combine_norms, to_floats, vector_norms
+from .runtime import Runtime, inspect_model, unwrap
 from .select import SelectorLike, select_modules
 
-
-def combine_norms(norms: list[float | None]) -> float | None:
-    """L2 norm of a group from its members' L2 norms; ``None`` when no member received a gradient."""
-    present = [n for n in norms if n is not None]
-    if not present:
-        return None
-    return math.sqrt(math.fsum(n * n for n in present))
+ModuleNorms = dict[str, float | None]
 
 
 class Probe:
-    """Records gradient norms of selected modules during backward passes inside its context.
+    """Records gradient norms of selected modules during the backward passes inside its ``with`` block.
 
-    Use :func:`probe` to create one. ``norms()`` gives the L2 norm of each module's parameter
-    gradients (over all its trainable parameters, recursively); ``output_norms()`` the L2 norm of the
-    gradient with respect to each module's output (over all output tensors and all calls in the
-    forward). A module that received no gradient maps to ``None``, never to 0.0. A probe measures one
-    backward pass: if several run inside the context, parameter norms are those of the last one.
+    ``with gf.Probe(model, selector) as p:`` and ``with gf.probe(model, selector) as p:`` are the same.
+    All hooks are removed on exit, also when the body raises.
+
+    Args:
+        model: the model (a ``torch.compile``, DDP or DataParallel wrapper is taken off).
+        selector: which modules to probe (see :mod:`gradflow.select`).
+        params: record parameter-gradient norms (over each module's trainable parameters, recursively).
+        outputs: record output-gradient norms (over all output tensors and all calls of the module).
     """
 
     def __init__(self, model: nn.Module, selector: SelectorLike, *, params: bool = True, outputs: bool = True):
-        self.model = model
-        self.modules = select_modules(model, selector)
+        self._given = model
+        self.model, aliases = unwrap(model)
+        self.modules = select_modules(self.model, selector, aliases=aliases)
         self._want_params = params
         self._want_outputs = outputs
+        self._module_params = {name: [p for p in module.parameters() if p.requires_grad]
+                               for name, module in self.modules}
+        self._params = list({id(p): p for ps in self._module_params.values() for p in ps}.values())
+        self.runtime: Runtime | None = None
+        self.notes: list[str] = []
+        self._stack: contextlib.ExitStack | None = None
         self._handles: list[Any] = []
-        self._param_norm: dict[int, torch.Tensor] = {}
-        self._output_sq: dict[str, list[torch.Tensor]] = {}
-        self._module_params: dict[str, list[nn.Parameter]] = {}
+        self._forward_calls: dict[str, int] = {name: 0 for name, _ in self.modules}
+        self._in_backward = False
+        self._current_params: dict[int, torch.Tensor] = {}
+        self._current_outputs: dict[str, list[torch.Tensor]] = {}
+        self._backwards: list[tuple[dict[int, torch.Tensor], dict[str, list[torch.Tensor]], bool]] = []
+        self._accumulated: dict[int, torch.Tensor | None] | None = None
 
-    # -- hook installation -------------------------------------------------------------------------
+    # -- context -----------------------------------------------------------------------------------
+    def __enter__(self) -> Probe:
+        if self._stack is not None:
+            raise ProbeError("this Probe is already active; create a new one for another `with` block.")
+        self.runtime = inspect_model(self._given)
+        self.notes = list(self.runtime.notes)
+        self._stack = contextlib.ExitStack()
+        try:
+            if self.runtime.compiled:
+                self._stack.enter_context(self.runtime.measuring())
+            self._install()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._want_params and self._accumulated is None:
+                self._accumulated = self._grad_norm_tensors()
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            if self._stack is not None:
+                self._stack.close()
+                self._stack = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the probe's hooks are installed (inside its ``with`` block)."""
+        return self._stack is not None
+
+    # -- hooks -------------------------------------------------------------------------------------
     def _install(self) -> None:
-        hooked: set[int] = set()
+        if self._want_params:
+            for param in self._params:
+                self._handles.append(param.register_hook(self._param_hook(id(param))))
         for name, module in self.modules:
-            params = [p for p in module.parameters() if p.requires_grad]
-            self._module_params[name] = params
-            if self._want_params:
-                for param in params:
-                    if id(param) not in hooked:
-                        hooked.add(id(param))
-                        self._handles.append(param.register_hook(self._param_hook(id(param))))
-            if self._want_outputs:
-                self._output_sq[name] = []
-                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+            self._handles.append(module.register_forward_hook(self._forward_hook(name)))
 
-    def _param_hook(self, key: int):
+    def _begin_backward(self) -> None:
+        if not self._in_backward:
+            self._in_backward = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+
+    def _end_backward(self) -> None:
+        synced = True
+        for wrapper in self.runtime.outer if self.runtime is not None else []:
+            synced = synced and bool(getattr(wrapper, "require_backward_grad_sync", True))
+        self._backwards.append((self._current_params, self._current_outputs, synced))
+        self._current_params, self._current_outputs = {}, {}
+        self._in_backward = False
+
+    def _param_hook(self, key: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
-            self._param_norm[key] = torch.linalg.vector_norm(grad.detach())
+            self._begin_backward()
+            self._current_params[key] = torch.linalg.vector_norm(grad.detach(), dtype=torch.float64)
 
         return hook
 
-    def _forward_hook(self, name: str):
+    def _forward_hook(self, name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            self._forward_calls[name] += 1
+            if not self._want_outputs:
+                return
             for tensor in tensors_in(output):
                 if tensor.requires_grad:
                     self._handles.append(tensor.register_hook(self._output_hook(name)))
 
         return hook
 
-    def _output_hook(self, name: str):
+    def _output_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
-            self._output_sq[name].append(torch.linalg.vector_norm(grad.detach()))
+            self._begin_backward()
+            self._current_outputs.setdefault(name, []).append(
+                torch.linalg.vector_norm(grad.detach(), dtype=torch.float64))
 
         return hook
 
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
     # -- results -----------------------------------------------------------------------------------
-    def norms(self) -> dict[str, float | None]:
-        """``{module_name: L2 norm of its parameter gradients}``, ``None`` for no gradient."""
-        keys = list(self._param_norm)
-        values = dict(zip(keys, _to_floats([self._param_norm[k] for k in keys]), strict=True))
-        return {
-            name: combine_norms([values.get(id(p)) for p in params])
-            for name, params in self._module_params.items()
-        }
+    @property
+    def n_backward(self) -> int:
+        """How many backward passes reached a probed parameter or output inside the probe."""
+        return len(self._backwards)
 
-    def output_norms(self) -> dict[str, float | None]:
-        """``{module_name: L2 norm of the gradient w.r.t. its outputs}``, ``None`` for no gradient."""
-        names = list(self._output_sq)
-        flat = [t for name in names for t in self._output_sq[name]]
-        floats = iter(_to_floats(flat))
-        return {name: combine_norms([next(floats) for _ in self._output_sq[name]]) for name in names}
+    def forward_calls(self) -> dict[str, int]:
+        """``{module: number of forward calls seen inside the probe}``."""
+        return dict(self._forward_calls)
+
+    def _require_local_ok(self, what: str, local: bool) -> None:
+        if self.runtime is not None and self.runtime.is_global and not local:
+            raise ProbeError(
+                f"{what} under {self.runtime.scope.upper()} would be this rank's local gradient, before "
+                f"{self.runtime.scope.upper()} reduces it across ranks. Use accumulated_norms() for the global "
+                "gradient the optimizer sees, or pass local=True to get this rank's numbers knowingly."
+            )
+
+    def _module_norms(self, per_param: dict[int, torch.Tensor]) -> ModuleNorms:
+        keys = list(per_param)
+        values = dict(zip(keys, to_floats([per_param[k] for k in keys]), strict=True))
+        return {name: combine_norms([values.get(id(p)) for p in params])
+                for name, params in self._module_params.items()}
+
+    def _observed_backwards(self, what: str) -> list[tuple[dict, dict, bool]]:
+        if not self._backwards:
+            raise ProbeError(
+                f"no backward pass reached the probed modules inside the probe, so there are no {what} to "
+                "report. Run loss.backward() inside the `with gf.probe(...)` block; if it did run there, no "
+                "gradient reaches these modules (accumulated_norms() then reports None for them)."
+            )
+        return self._backwards
+
+    def norms(self, *, local: bool = False) -> ModuleNorms:
+        """``{module: L2 norm of its parameters' gradient in the last backward pass}``; ``None``: no gradient.
+
+        Args:
+            local: under DDP/FSDP2, accept this rank's local (unreduced) gradient.
+
+        Raises:
+            ProbeError: parameters were not probed, no backward pass was seen, or DDP/FSDP2 without ``local``.
+        """
+        return self.backward_norms(local=local)[-1]
+
+    def backward_norms(self, *, local: bool = False) -> list[ModuleNorms]:
+        """:meth:`norms` of every backward pass seen inside the probe, in order."""
+        if not self._want_params:
+            raise ProbeError("this probe was created with params=False; it records output gradients only.")
+        self._require_local_ok("per-backward parameter norms", local)
+        return [self._module_norms(params) for params, _, _ in self._observed_backwards("parameter norms")]
+
+    def accumulated_norms(self, *, local: bool = False) -> ModuleNorms:
+        """``{module: L2 norm of its parameters' .grad}``: the accumulated gradient ``optimizer.step()`` uses.
+
+        Read when the probe exits (inside the ``with`` block: read now). ``None``: ``.grad`` is None. Under
+        DDP the ``.grad`` of a synchronised backward is already global; under FSDP2 the shards' norms are
+        combined across ranks (every rank must call this).
+        """
+        if not self._want_params:
+            raise ProbeError("this probe was created with params=False; it records output gradients only.")
+        per_param = self._accumulated if self._accumulated is not None and not self.active \
+            else self._grad_norm_tensors()
+        runtime = self.runtime or inspect_model(self._given)
+        if runtime.scope == "ddp" and not local and self._backwards and not self._backwards[-1][2]:
+            raise ProbeError(
+                "the last backward pass ran under DDP's no_sync(): .grad holds this rank's local accumulated "
+                "gradient, not yet all-reduced. Read accumulated_norms() after the synchronised backward, or pass "
+                "local=True."
+            )
+        if runtime.scope == "fsdp2" and not local:
+            return self._global_sharded_norms(per_param)
+        return self._module_norms({k: v for k, v in per_param.items() if v is not None})
+
+    def _grad_norm_tensors(self) -> dict[int, torch.Tensor | None]:
+        with_grad = [p for p in self._params if p.grad is not None]
+        norms = vector_norms([p.grad for p in with_grad]) if with_grad else []
+        out: dict[int, torch.Tensor | None] = {id(p): None for p in self._params}
+        out.update({id(p): n for p, n in zip(with_grad, norms, strict=True)})
+        return out
+
+    def _global_sharded_norms(self, per_param: dict[int, torch.Tensor | None]) -> ModuleNorms:
+        from .distributed import sharded_norms
+
+        combined = sharded_norms([per_param[id(p)] for p in self._params], self._params)
+        values = {id(p): v for p, v in zip(self._params, combined, strict=True)}
+        return {name: combine_norms([values.get(id(p)) for p in params])
+                for name, params in self._module_params.items()}
+
+    def output_norms(self, *, allow_unobserved: bool = False, local: bool = False) -> ModuleNorms:
+        """``{module: L2 norm of the gradient w.r.t. its outputs in the last backward pass}``.
+
+        ``None``: the module's forward ran inside the probe and no gradient reached its outputs. Under
+        DDP/FSDP2 the norm is that of the global batch's output gradient (every rank must call this).
+
+        Args:
+            allow_unobserved: leave out modules whose forward did not run inside the probe instead of raising.
+            local: under DDP/FSDP2, return this rank's numbers without communicating.
+
+        Raises:
+            ProbeError: a module's forward never ran inside the probe (the output hooks attach at forward
+                time: run the forward inside the ``with`` block), or outputs were not probed.
+        """
+        if not self._want_outputs:
+            raise ProbeError("this probe was created with outputs=False; it records parameter gradients only.")
+        unseen = [name for name, count in self._forward_calls.items() if count == 0]
+        if unseen and not allow_unobserved:
+            every = len(unseen) == len(self._forward_calls)
+            cause = ("no forward pass ran inside the probe (output hooks attach when the forward runs: a forward "
+                     "run before `with gf.probe(...)` cannot be observed)" if every else
+                     f"the forward of {len(unseen)} probed module(s) never ran inside the probe "
+                     f"({', '.join(unseen[:4])}{', ...' if len(unseen) > 4 else ''})")
+            raise ProbeError(
+                f"output gradients were not observed: {cause}. Run the forward and the backward inside the "
+                "`with` block, or pass allow_unobserved=True to leave unobserved modules out.")
+        seen = [name for name, count in self._forward_calls.items() if count > 0]
+        outputs = self._observed_backwards("output norms")[-1][1] if seen else {}
+        squares = [torch.stack([n.pow(2) for n in outputs[name]]).sum() if name in outputs
+                   else torch.zeros((), dtype=torch.float64) for name in seen]
+        present = [name in outputs for name in seen]
+        runtime = self.runtime or inspect_model(self._given)
+        if runtime.is_global and not local:
+            from .distributed import global_output_square_sums
+
+            squares, present = global_output_square_sums(squares, present, runtime)
+        values = to_floats(squares)
+        return {name: (value ** 0.5 if ok else None) for name, value, ok in zip(seen, values, present, strict=True)}
 
 
-def _to_floats(tensors: list[torch.Tensor]) -> list[float]:
-    """Read many 0-d tensors back with one device-to-host transfer."""
-    if not tensors:
-        return []
-    return torch.stack([t.to(torch.float64) for t in tensors]).tolist()
+def probe(model: nn.Module, selector: SelectorLike, *, params: bool = True, outputs: bool = True) -> Probe:
+    """A :class:`Probe` on the modules of ``model`` matched by ``selector``; use it as a context manager.
 
-
-@contextmanager
-def probe(
-    model: nn.Module, selector: SelectorLike, *, params: bool = True, outputs: bool = True
-) -> Iterator[Probe]:
-    """Attach a :class:`Probe` to the modules of ``model`` matched by ``selector``.
-
-    >>> with probe(model, "blocks.*.adapter") as p:
+    >>> with gf.probe(model, "blocks.*.adapter") as p:
+    ...     loss = loss_fn(model, batch)   # the forward inside the probe: output hooks attach here
     ...     loss.backward()
-    >>> p.norms()  # {"blocks.0.adapter": 0.12, ...}
+    >>> p.norms()                          # {"blocks.0.adapter": 0.12, ...} (this backward)
+    >>> p.accumulated_norms()              # the .grad the optimizer will use
+    >>> p.output_norms()
 
     All hooks are removed on exit, also when the body raises.
     """
-    instance = Probe(model, selector, params=params, outputs=outputs)
-    try:
-        instance._install()
-        yield instance
-    finally:
-        instance._remove()
+    return Probe(model, selector, params=params, outputs=outputs)

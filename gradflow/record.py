@@ -119,6 +119,7 @@ def build_record(
     rows: list[dict[str, Any]],
     batch_seeds: list[int],
     elapsed_s: float,
+    measurement: Mapping[str, Any] | None = None,
 ) -> RunRecord:
     """Assemble a :class:`RunRecord` from the measurement layer's results."""
     data = {
@@ -146,6 +147,7 @@ def build_record(
              "ablate": {b: br.describe() for b, br in s.ablations.items()}}
             for s in settings
         ],
+        "measurement": dict(measurement or {}),
         "passes": passes,
         "retention": rows,
     }

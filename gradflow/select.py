@@ -50,6 +50,56 @@ def _glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(body + r"\Z")
 
 
+class CompiledPattern:
+    """A module-name pattern (dotted glob or ``re:`` regex) with ``fullmatch(name)`` like a compiled regex."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        if pattern.startswith(_REGEX_PREFIX):
+            try:
+                self._regex = re.compile(pattern[len(_REGEX_PREFIX):])
+            except re.error as exc:
+                raise SelectorError(
+                    f"selector {pattern!r} is not a valid regular expression ({exc}). "
+                    "Fix the expression, or drop the 're:' prefix to use a glob."
+                ) from None
+            self._prefix = ""
+        else:
+            if not pattern.strip() or any(not part for part in pattern.split(".")):
+                raise SelectorError(
+                    f"selector {pattern!r} is not a valid glob: empty name segment. Use dotted names with '*' "
+                    "(one segment), '**' (any number of segments) or 're:<regex>'."
+                )
+            self._regex = _glob_to_regex(pattern)
+            self._prefix = "."
+
+    def fullmatch(self, name: str) -> bool:
+        """Whether the whole qualified module ``name`` matches."""
+        if self._prefix:
+            return self._regex.match(self._prefix + name) is not None
+        return self._regex.fullmatch(name) is not None
+
+
+def compile_glob(pattern: str) -> CompiledPattern:
+    """Compile a module-name pattern (glob with ``*``/``**`` per dotted segment, or ``re:<regex>``).
+
+    Args:
+        pattern: the glob or ``re:`` regular expression.
+
+    Returns:
+        An object whose ``fullmatch(name)`` tells whether a qualified module name matches.
+
+    Raises:
+        SelectorError: the regex does not compile or the glob has an empty segment.
+    """
+    return CompiledPattern(pattern)
+
+
+def validate_selector(selector: SelectorLike) -> None:
+    """Raise :class:`SelectorError` when ``selector`` is malformed (checked without a model)."""
+    _matcher(selector)
+
+
 def describe_selector(selector: SelectorLike) -> str:
     """A short human-readable form of ``selector`` for messages and run records."""
     if isinstance(selector, str):
@@ -63,17 +113,8 @@ def describe_selector(selector: SelectorLike) -> str:
 
 def _matcher(selector: SelectorLike) -> Callable[[str, nn.Module], bool]:
     if isinstance(selector, str):
-        if selector.startswith(_REGEX_PREFIX):
-            try:
-                compiled = re.compile(selector[len(_REGEX_PREFIX):])
-            except re.error as exc:
-                raise SelectorError(
-                    f"selector {selector!r} is not a valid regular expression ({exc}). "
-                    "Fix the expression, or drop the 're:' prefix to use a glob."
-                ) from None
-            return lambda name, _module: compiled.fullmatch(name) is not None
-        compiled = _glob_to_regex(selector)
-        return lambda name, _module: compiled.match("." + name) is not None
+        compiled = CompiledPattern(selector)
+        return lambda name, _module: compiled.fullmatch(name)
     if isinstance(selector, type):
         if not issubclass(selector, nn.Module):
             raise SelectorError(
@@ -94,8 +135,34 @@ def _matcher(selector: SelectorLike) -> Callable[[str, nn.Module], bool]:
     )
 
 
+#: Name segment torch.compile's wrapper (``OptimizedModule``) puts in front of the module it compiled.
+COMPILE_SEGMENT = "_orig_mod"
+
+
+def canonical_name(name: str) -> str:
+    """``name`` without torch.compile's ``_orig_mod`` segments: the name in the uncompiled model."""
+    if COMPILE_SEGMENT not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part != COMPILE_SEGMENT)
+
+
+def is_compile_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is torch.compile's ``OptimizedModule`` wrapper (its forward runs ``_orig_mod``)."""
+    return hasattr(module, COMPILE_SEGMENT) and type(module).__name__ == "OptimizedModule"
+
+
+def named_modules(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
+    """``(canonical name, raw name, module)`` of every module, compile wrappers left out.
+
+    The canonical name drops ``_orig_mod`` segments, so names read as in the uncompiled model whether the
+    model (or a submodule) was wrapped by ``torch.compile`` or not.
+    """
+    return [(canonical_name(name), name, module) for name, module in model.named_modules(remove_duplicate=False)
+            if not is_compile_wrapper(module)]
+
+
 def _all_named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return list(model.named_modules(remove_duplicate=False))
+    return [(canonical, module) for canonical, _, module in named_modules(model)]
 
 
 def close_names(query: str, names: Iterable[str], limit: int = 5) -> list[str]:
@@ -115,25 +182,30 @@ def close_names(query: str, names: Iterable[str], limit: int = 5) -> list[str]:
     return found
 
 
-def select_modules(model: nn.Module, selector: SelectorLike) -> list[tuple[str, nn.Module]]:
+def select_modules(
+    model: nn.Module, selector: SelectorLike, *, aliases: Sequence[str] = ()
+) -> list[tuple[str, nn.Module]]:
     """Return ``(qualified_name, module)`` for every module of ``model`` matched by ``selector``.
 
-    Results follow the model's module order; a module reachable under several names appears once,
-    under the first matching name. Raises :class:`SelectorError` naming close matches when nothing
-    matches.
+    Names are canonical (see :func:`canonical_name`); a selector may also be written with the raw
+    ``_orig_mod`` names of a compiled model, or with one of ``aliases`` in front (the name of a wrapper the
+    model was taken out of, e.g. ``"module"`` for DistributedDataParallel). Results follow the model's
+    module order; a module reachable under several names appears once, under the first matching name.
+    Raises :class:`SelectorError` naming close matches when nothing matches.
     """
     matches = _matcher(selector)
     seen: set[int] = set()
     selected: list[tuple[str, nn.Module]] = []
-    named = _all_named_modules(model)
-    for name, module in named:
+    named = named_modules(model)
+    for name, raw, module in named:
         if id(module) in seen:
             continue
-        if matches(name, module):
+        spellings = {name, raw, *(f"{alias}.{name}" if name else alias for alias in aliases)}
+        if any(matches(spelling, module) for spelling in spellings):
             seen.add(id(module))
             selected.append((name, module))
     if not selected:
-        names = [n for n, _ in named if n]
+        names = [n for n, _, _ in named if n]
         hint = close_names(describe_selector(selector), names)
         hint_text = ("Closest module names: " + ", ".join(hint) + ". ") if hint else ""
         raise SelectorError(
@@ -154,7 +226,7 @@ def parameters_of(
     """
     qualified = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        qualified.setdefault(id(param), name)
+        qualified.setdefault(id(param), canonical_name(name))
     seen: set[int] = set()
     result: list[tuple[str, nn.Parameter]] = []
     for _, module in modules:
@@ -164,3 +236,52 @@ def parameters_of(
             seen.add(id(param))
             result.append((qualified.get(id(param), "?"), param))
     return result
+
+
+def is_container(module: nn.Module) -> bool:
+    """Whether ``module`` only holds other modules and is never called (``ModuleList``, ``ModuleDict``...).
+
+    Such a module has no forward of its own, so a hook on it never fires: peft's ``lora_B`` is a
+    ``ModuleDict({"default": Linear})`` whose ``Linear`` is what runs.
+    """
+    return type(module).forward is nn.Module.forward
+
+
+def resolve_containers(
+    modules: Iterable[tuple[str, nn.Module]],
+) -> tuple[list[tuple[str, nn.Module]], list[str]]:
+    """Replace container modules (see :func:`is_container`) by the modules inside them that can run.
+
+    Returns the resolved ``(name, module)`` list and a sentence saying what was replaced (for records).
+    """
+    resolved: list[tuple[str, nn.Module]] = []
+    replaced: list[tuple[str, nn.Module, list[tuple[str, nn.Module]]]] = []
+    seen: set[int] = set()
+    for name, module in modules:
+        inner = _callable_children(name, module) if is_container(module) else [(name, module)]
+        if inner != [(name, module)]:
+            replaced.append((name, module, inner))
+        for child_name, child in inner:
+            if id(child) not in seen:
+                seen.add(id(child))
+                resolved.append((child_name, child))
+    if not replaced:
+        return resolved, []
+    name, module, inner = replaced[0]
+    kinds = ", ".join(sorted({type(m).__name__ for _, m, _ in replaced}))
+    example = f"{name} -> {', '.join(n for n, _ in inner[:3])}{', ...' if len(inner) > 3 else ''}"
+    return resolved, [f"{len(replaced)} selected container module(s) ({kinds}: never called, so a hook on them "
+                      f"would never fire) resolved to the modules inside them, e.g. {example}"]
+
+
+def _callable_children(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
+    out: list[tuple[str, nn.Module]] = []
+    for child_name, child in module.named_children():
+        qualified = f"{name}.{child_name}" if name else child_name
+        if is_compile_wrapper(child):
+            child = getattr(child, COMPILE_SEGMENT)
+        if is_container(child):
+            out.extend(_callable_children(qualified, child))
+        else:
+            out.append((qualified, child))
+    return out

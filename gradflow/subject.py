@@ -143,6 +143,11 @@ class Subject:
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
             raise SubjectError(f"subject model must be a torch.nn.Module, got {type(self.model).__name__}.")
+        from .runtime import unwrap
+
+        #: the model as given (possibly torch.compile'd or DDP-wrapped); ``model`` is the module passes run on.
+        self.wrapped_model = self.model
+        self.model, self.aliases = unwrap(self.model)
         if not callable(self.loss_fn):
             raise SubjectError("subject loss_fn must be callable as loss_fn(model, batch) -> scalar tensor.")
         self.branches = {str(k): _as_branch(k, v) for k, v in dict(self.branches).items()}
@@ -167,11 +172,11 @@ class Subject:
 
     def branch_modules(self, name: str) -> list[tuple[str, nn.Module]]:
         """Modules of branch ``name``."""
-        return select_modules(self.model, self.branch(name).selector)
+        return select_modules(self.model, self.branch(name).selector, aliases=self.aliases)
 
     def target_modules(self, name: str) -> list[tuple[str, nn.Module]]:
         """Modules of target ``name`` that own at least one trainable parameter."""
-        return select_modules(self.model, self.target(name).selector)
+        return select_modules(self.model, self.target(name).selector, aliases=self.aliases)
 
     def target_parameters(self, name: str) -> list[tuple[str, nn.Parameter]]:
         """Trainable parameters of target ``name``; raises if there are none."""

@@ -126,10 +126,15 @@ def test_no_gradient_is_none_never_zero():
     net = make_net()
     net.out.weight.requires_grad_(False)
     batch = make_batches(1)[0]
-    with gf.probe(net, ["blocks.0.adapter", "out"]) as p:
+    with gf.probe(net, ["blocks.0.adapter", "blocks.1.adapter"]) as p:
         mse(net, batch).detach().requires_grad_().backward()  # graph cut: nothing upstream gets grad
+        loss = net.blocks[1].adapter(batch[0]).sum()  # a second backward that reaches only blocks.1.adapter
+        loss.backward()
     assert p.norms()["blocks.0.adapter"] is None
-    assert p.output_norms()["blocks.0.adapter"] is None
+    assert p.norms()["blocks.1.adapter"] > 0
+    assert p.output_norms(allow_unobserved=False)["blocks.0.adapter"] is None  # its forward ran, no gradient
+    assert p.accumulated_norms()["blocks.0.adapter"] is None
+    assert p.n_backward == 1  # the cut graph reached no probed tensor: not counted as an observed backward
 
 
 def test_branch_target_with_no_grad_when_ablated():
