@@ -20,6 +20,7 @@ _EXPORTS = {
     "AblationError": "errors",
     "GradflowError": "errors",
     "LossError": "errors",
+    "ProbeError": "errors",
     "RecordError": "errors",
     "SelectorError": "errors",
     "SubjectError": "errors",
@@ -54,7 +55,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .ablation import ablate
-    from .errors import AblationError, GradflowError, LossError, RecordError, SelectorError, SubjectError
+    from .errors import AblationError, GradflowError, LossError, ProbeError, RecordError, SelectorError, SubjectError
     from .measure import compare, sweep
     from .probing import Probe, probe
     from .record import RunRecord, load_run

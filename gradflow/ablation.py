@@ -90,6 +90,8 @@ class ForwardCalls:
     def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
         self.modules = list(dict.fromkeys(modules))
         self.counts: dict[str, int] = {name: 0 for name, _ in self.modules}
+        #: calls made while gradient recording was off (torch.no_grad, a reentrant checkpoint's first forward)
+        self.no_grad_counts: dict[str, int] = {name: 0 for name, _ in self.modules}
         self._handles: list[Any] = []
 
     def __enter__(self) -> ForwardCalls:
@@ -105,6 +107,8 @@ class ForwardCalls:
     def _counter(self, name: str):
         def hook(_module: nn.Module, _args: Any) -> None:
             self.counts[name] += 1
+            if not torch.is_grad_enabled():
+                self.no_grad_counts[name] += 1
 
         return hook
 
@@ -112,6 +116,7 @@ class ForwardCalls:
         """Set every count back to zero (between passes)."""
         for name in self.counts:
             self.counts[name] = 0
+            self.no_grad_counts[name] = 0
 
 
 class Ablation:

@@ -183,6 +183,11 @@ class PassEngine:
         self.ablations = {s.name: Ablation(self.subject.model, s.ablations, aliases) for s in self.settings
                           if s.ablations}
 
+    @property
+    def reentrant(self) -> bool:
+        """Whether a pass went through reentrant activation checkpointing."""
+        return "reentrant" in self.paths.get("backward", "")
+
     def run(self, batch: Any, setting: Setting) -> dict[str, Any]:
         """One verified pass: ``{"loss", "norms" (target -> row -> norm), "ran" (target -> row -> bool)}``."""
         ablation = self.ablations.get(setting.name)
@@ -199,7 +204,8 @@ class PassEngine:
             self.paths.setdefault(path, reason)
             grads = gradients(loss, self.layout.params, path, self.subject.model)
         loss_value, param_norms = reduce_pass(self.runtime, loss, grads, self.layout.params)
-        ran = {target: {row: any(self.watch.counts.get(m, 0) for m in members) for row, members in rows.items()}
+        counts, off = self.watch.counts, self.watch.no_grad_counts
+        ran = {target: {row: _ran(members, counts, off) for row, members in rows.items()}
                for target, rows in self.layout.modules.items()}
         return {"loss": loss_value, "norms": _group_norms(self.layout, param_norms), "ran": ran}
 
@@ -209,6 +215,13 @@ class PassEngine:
                 count = self.watch.counts.get(name, 0)
                 low_high = self.calls.setdefault(branch, {}).setdefault(name, [count, count])
                 low_high[0], low_high[1] = min(low_high[0], count), max(low_high[1], count)
+
+
+def _ran(members: list[str], counts: Mapping[str, int], no_grad: Mapping[str, int]) -> str:
+    """"yes" when a member module ran with gradient recording on, "no_grad" when only with it off, else "no"."""
+    if any(counts.get(m, 0) > no_grad.get(m, 0) for m in members):
+        return "yes"
+    return "no_grad" if any(counts.get(m, 0) for m in members) else "no"
 
 
 class _nothing:
@@ -253,18 +266,29 @@ def run_passes(
     return engine, passes
 
 
-def _status(with_values: list, without_values: list, with_ran: list[bool], without_ran: list[bool]
-            ) -> tuple[str, str]:
+REENTRANT_HINT = (" With use_reentrant=True checkpointing, a region none of whose inputs requires grad gives its "
+                  "parameters no gradient at all (torch warns 'None of the inputs have requires_grad=True'): use "
+                  "use_reentrant=False, or make an input of the region require grad.")
+NO_GRAD_HINT = (" Their forward ran only with gradient recording off (under torch.no_grad(), or inside a "
+                "use_reentrant=True checkpoint none of whose inputs requires grad, which then gives the parameters "
+                "inside no gradient: use use_reentrant=False, or make an input of the region require grad).")
+
+
+def _status(with_values: list, without_values: list, with_ran: list[str], without_ran: list[str],
+            reentrant: bool = False) -> tuple[str, str]:
     for values, ran, side in ((with_values, with_ran, "with the branch"),
                               (without_values, without_ran, "with the branch ablated")):
-        idle = sum(1 for v, r in zip(values, ran, strict=True) if v is None and not r)
+        idle = sum(1 for v, r in zip(values, ran, strict=True) if v is None and r == "no")
         if idle:
             return "not_run", (f"the target's modules never ran in the forward pass {side} ({idle} of {len(values)} "
                                "batches): the loss does not use them, so there is no gradient to measure")
     if any(v is None for v in with_values) or any(v is None for v in without_values):
         side = "with the branch" if any(v is None for v in with_values) else "with the branch ablated"
+        grad_off = any(v is None and r == "no_grad" for v, r in zip(with_values + without_values,
+                                                                   with_ran + without_ran, strict=True))
+        hint = NO_GRAD_HINT if grad_off else (REENTRANT_HINT if reentrant else "")
         return "no_grad", (f"the target's modules ran but received no gradient {side} in at least one batch "
-                           "(their output does not reach the loss, or it is detached)")
+                           "(their output does not reach the loss, or it is detached)." + hint)
     values = np.array(with_values + without_values, dtype=float)
     if not np.all(np.isfinite(values)):
         return "non_finite", "NaN or Inf gradient norms"
@@ -282,9 +306,11 @@ def retention_rows(
     n_batches: int,
     seed: int,
     confidence: float = 0.95,
+    reentrant: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (comparison, target, module). ``comparisons`` holds ``(branch, numerator setting,
-    denominator setting, scale)``; retention = mean numerator norm / mean denominator norm."""
+    denominator setting, scale)``; retention = mean numerator norm / mean denominator norm. ``reentrant``:
+    the passes went through reentrant checkpointing (explains missing gradients)."""
     by_setting: dict[str, list[dict]] = {}
     for entry in passes:
         by_setting.setdefault(entry["setting"], []).append(entry)
@@ -297,7 +323,7 @@ def retention_rows(
                 without_values = [p["norms"][target][module] for p in by_setting[denominator]]
                 with_ran = [p["ran"][target][module] for p in by_setting[numerator]]
                 without_ran = [p["ran"][target][module] for p in by_setting[denominator]]
-                status, note = _status(with_values, without_values, with_ran, without_ran)
+                status, note = _status(with_values, without_values, with_ran, without_ran, reentrant)
                 row: dict[str, Any] = {
                     "branch": branch, "target": target, "module": module, "scale": scale,
                     "norm_with": None, "norm_without": None, "retention": None,
@@ -409,7 +435,7 @@ def compare(
     ]
     engine, passes = run_passes(subject, settings, target_names, n_batches, seed, progress)
     comparisons = [(name, REFERENCE, f"without:{name}", None) for name in branch_names]
-    rows = retention_rows(engine.layout, passes, comparisons, n_batches, seed, confidence)
+    rows = retention_rows(engine.layout, passes, comparisons, n_batches, seed, confidence, engine.reentrant)
     return _record("compare", subject, engine, settings, passes, rows, branch_names, seed, n_batches, confidence,
                    started)
 
@@ -466,7 +492,7 @@ def sweep(
     settings = [reference, *scaled]
     engine, passes = run_passes(subject, settings, target_names, n_batches, seed, progress)
     comparisons = [(branch, s.name, reference.name, s.scale) for s in scaled]
-    rows = retention_rows(engine.layout, passes, comparisons, n_batches, seed, confidence)
+    rows = retention_rows(engine.layout, passes, comparisons, n_batches, seed, confidence, engine.reentrant)
     return _record("sweep", subject, engine, settings, passes, rows, [branch], seed, n_batches, confidence,
                    started, warnings=scale_insensitive(rows, branch))
 
@@ -483,7 +509,9 @@ def scale_insensitive(rows: Sequence[dict[str, Any]], branch: str) -> list[str]:
         if row["module"] == "*" and row["scale"] and row["status"] == "ok" and row["retention"] is not None:
             by_target.setdefault(row["target"], []).append(row["retention"])
     for target, values in by_target.items():
-        if len(values) >= 2 and max(values) - min(values) <= 1e-9 * max(1.0, abs(max(values))):
+        spread = max(values) - min(values) if values else 0.0
+        matters = any(abs(v - 1.0) >= 1e-4 for v in values)  # the branch changes the gradient, its scale does not
+        if len(values) >= 2 and matters and spread <= 1e-5 * abs(max(values)):
             warnings.append(
                 f"retention of {target} is {values[0]:.4g} at every non-zero scale of {branch}: scaling the hooked "
                 "module's output changed nothing, so the model probably renormalises it downstream (a norm-matched "
