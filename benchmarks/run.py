@@ -22,6 +22,7 @@ from torch import nn
 import gradflow as gf
 from benchmarks.timing import child_peak_rss, interleaved, paired_ratios
 from benchmarks.workloads import make_steps, plain_pass
+from gradflow.norms import to_floats, vector_norms
 from gradflow.record import environment, write_atomic
 from gradflow.subjects.aaclip import make_subject
 
@@ -78,11 +79,18 @@ def norm_kernels(rounds: int, quick: bool) -> dict:
     def foreach() -> None:
         torch.stack(torch._foreach_norm(grads)).tolist()
 
+    def foreach64() -> None:  # float64 accumulation, as gradflow reads norms
+        torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)).tolist()
+
+    def gradflow_norms() -> None:  # grouped by (device, dtype), float64, read back per device
+        to_floats(vector_norms(grads))
+
     def total() -> None:
         torch.nn.utils.get_total_norm(grads).item()
 
-    result = paired_ratios(interleaved({"loop_item": loop, "foreach_norm": foreach, "get_total_norm": total},
-                                       rounds, WARMUP), "loop_item")
+    variants = {"loop_item": loop, "foreach_norm": foreach, "foreach_norm_f64": foreach64,
+                "gradflow_vector_norms": gradflow_norms, "get_total_norm": total}
+    result = paired_ratios(interleaved(variants, rounds, WARMUP), "loop_item")
     result["n_tensors"] = len(grads)
     return result
 
@@ -182,7 +190,7 @@ def markdown(results: dict) -> str:
     nk = results["norm_kernels"]
     lines += ["", f"## Norm kernels — {nk['n_tensors']} gradient tensors", "",
               "| kernel | median (ms) | ratio vs loop |", "|---|---:|---:|"]
-    for name in ("loop_item", "foreach_norm", "get_total_norm"):
+    for name in ("loop_item", "foreach_norm", "foreach_norm_f64", "gradflow_vector_norms", "get_total_norm"):
         lines.append(f"| {name} | {nk[name]['median_s'] * 1000:.2f} | {nk[name]['ratio']:.3f} |")
     ps = results["probe_scaling"]
     lines += ["", "## Probe overhead vs number of probed modules (params + outputs of every module)", "",

@@ -126,7 +126,11 @@ def _emit(record: Any, out: Path | None, quiet: bool, as_json: bool, band: Any) 
     if as_json:
         sys.stdout.write(record.to_json())
     elif not quiet:
+        from .report.terminal import notes_text
+
         out_console.print(retention_table(record, band))
+        for line in notes_text(record):
+            out_console.print(line, soft_wrap=True)
         if out is not None:
             out_console.print(Text(f"run record written to {out}", style="dim"))
 

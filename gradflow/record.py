@@ -225,8 +225,27 @@ class RunRecord:
         return json.dumps(json_safe(self.data), indent=1, allow_nan=False) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the record atomically: a temporary file in the same folder, then a rename."""
+        """Write the record atomically: a temporary file in the same folder, then a rename.
+
+        A record of global numbers (DDP/FSDP2: identical on every rank) is written by rank 0 only; on the
+        other ranks this returns the path without writing.
+        """
+        if self.is_global and _rank() != 0:
+            return Path(path)
         return write_atomic(path, self.to_json())
+
+    @property
+    def is_global(self) -> bool:
+        """Whether the numbers are global over torch.distributed ranks (DDP/FSDP2), the same on every rank."""
+        runtime = self.data.get("measurement", {}).get("runtime", {})
+        return runtime.get("scope", "local") != "local"
+
+
+def _rank() -> int:
+    import torch
+
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _current_umask() -> int:

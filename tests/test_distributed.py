@@ -74,9 +74,9 @@ def test_global_numbers_equal_single_process_on_the_union(mode, tmp_path):
         assert rel_err(row["retention"], sum(with_) / sum(without)) < TOL
     sweep_rows = [r for r in ranks[0]["sweep"]["retention"] if r["module"] == "*" and r["target"] == "adapter"]
     assert sweep_rows == [r for r in ranks[1]["sweep"]["retention"] if r["module"] == "*" and r["target"] == "adapter"]
-    saved = json.loads((tmp_path / "record.json").read_text())
+    saved = json.loads((tmp_path / "saved-by-rank0.json").read_text())
     assert saved["measurement"]["runtime"]["world_size"] == 2
-    assert not list(tmp_path.glob(".record.json.*"))
+    assert not (tmp_path / "saved-by-rank1.json").exists()
     assert ranks[0]["warnings"] == []
     params, outputs = union_probe()
     for rank in ranks:

@@ -38,8 +38,11 @@ def make_model(setup: str):
     model.train(setup in ("dropout", "reentrant", "checkpoint"))
     if setup in ("reentrant", "checkpoint"):
         inner = model.base_model.model  # transformers 5 renamed the method; 4.x has only the old name
-        enable = getattr(inner, "activation_checkpointing_enable", None) or inner.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": setup == "reentrant"})
+        kwargs = {"use_reentrant": setup == "reentrant"}
+        if hasattr(inner, "activation_checkpointing_enable"):
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.base_model.model.enable_input_require_grads()  # as peft users do, so layer 0 keeps its graph
     return model
 

@@ -72,3 +72,10 @@ def md_escape(text: object) -> str:
 def module_label(module: str) -> str:
     """How a row's module is shown: '(all)' for the whole-target row."""
     return "(all)" if module == "*" else module
+
+
+def measurement_notes(record: Any) -> tuple[list[str], list[str]]:
+    """``(notes, warnings)`` of how a record was measured: wrappers taken off, gradient paths, global or
+    local numbers, resolved selectors; warnings such as a sweep whose scale changed nothing."""
+    measurement = record.data.get("measurement") or {}
+    return [str(n) for n in measurement.get("notes", [])], [str(w) for w in measurement.get("warnings", [])]

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..gate import Band, GateMode, verdict
 from ..record import RunRecord
-from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, module_label
+from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, measurement_notes, module_label
 from .regression import TOLERANCE, compatibility_warnings, config_changes, count_verdicts, regression_rows
 from .sweep import suggest_scale
 
@@ -104,7 +104,9 @@ def render_html(record: RunRecord, band: Band | None = None, mode: GateMode = "c
     suggestion = suggest_scale(record, band, mode=mode) if record.kind == "sweep" else None
     ci_pct = int(round(record.data.get("confidence", 0.95) * 100))
     template = _environment().from_string(PAGE)
+    notes, measurement_warnings = measurement_notes(record)
     return template.render(
+        notes=notes, measurement_warnings=measurement_warnings,
         title=title, band=band.describe(), mode=mode, metadata=_metadata(record), config=_config(record),
         suggestion=suggestion,
         warnings=compatibility_warnings(baseline, record) if baseline is not None else [],

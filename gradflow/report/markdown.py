@@ -6,7 +6,17 @@ from typing import Any
 
 from ..gate import PASSING, Band, GateMode, verdict
 from ..record import RunRecord
-from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, md_escape, module_label
+from .format import (
+    fmt_ci,
+    fmt_ci_pair,
+    fmt_delta,
+    fmt_norm,
+    fmt_ratio,
+    fmt_scale,
+    md_escape,
+    measurement_notes,
+    module_label,
+)
 from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows
 from .sweep import suggest_scale
 
@@ -53,6 +63,10 @@ def record_markdown(record: RunRecord, band: Band | None = None, mode: GateMode 
              f"band {band.describe()}, verdict on the {mode} estimate · {record.data['batches']['count']} batches · "
              f"seed {record.data['seed']}", ""]
     lines += _table(header, align, rows)
+    notes, warnings = measurement_notes(record)
+    if notes or warnings:
+        lines += ["", *(f"> **warning:** {md_escape(w)}" for w in warnings),
+                  *(f"> note: {md_escape(n)}" for n in notes)]
     if sweep:
         lines += ["", "**Suggestion:** " + md_escape(suggest_scale(record, band, mode=mode)["message"])]
     return "\n".join(lines) + "\n"

@@ -12,13 +12,13 @@ from rich.text import Text
 
 from ..gate import Band, GateMode, verdict
 from ..record import RunRecord
-from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, module_label
+from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, measurement_notes, module_label
 from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows
 from .sweep import suggest_scale
 
 VERDICT_STYLE = {
     "ok": "bold green", "starved": "bold red", "flooded": "bold magenta", "uncertain": "yellow",
-    "no effect": "dim", "no grad": "red", "undefined": "red", "non-finite": "red",
+    "no effect": "dim", "no grad": "red", "not run": "red", "undefined": "red", "non-finite": "red",
 }
 
 
@@ -163,13 +163,21 @@ def metadata_text(record: RunRecord) -> Text:
     return Text(" · ".join(parts), style="dim")
 
 
+def notes_text(record: RunRecord) -> list[Text]:
+    """How the record was measured (dim) and its warnings (yellow), one line each."""
+    notes, warnings = measurement_notes(record)
+    return [Text("note: " + n, style="dim") for n in notes] + [Text("warning: " + w, style="bold yellow")
+                                                              for w in warnings]
+
+
 def render_record(record: RunRecord, band: Band | None = None, mode: GateMode = "ci",
                   modules: bool = True) -> RenderableType:
     """Everything the terminal shows for one record: the branch x target table, then (compare) the
     per-module breakdown with bars, or (sweep) the table and the retention per scale with the suggestion."""
     band = band or Band()
     sweep = record.kind == "sweep"
-    parts: list[RenderableType] = [retention_table(record, band, mode, modules and sweep), metadata_text(record)]
+    parts: list[RenderableType] = [retention_table(record, band, mode, modules and sweep), metadata_text(record),
+                                   *notes_text(record)]
     if modules or sweep:
         parts += [Text(""), bar_view(record, band, mode)]
     if record.kind == "sweep":

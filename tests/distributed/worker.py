@@ -65,7 +65,7 @@ def main() -> None:
         batches = local_batches(rank)
         record = gf.compare(model, mse, batches, branches=BRANCHES, targets=TARGETS, seed=4)
         result["compare"] = record.data
-        record.save(out / "record.json")  # written once, by rank 0
+        record.save(out / f"saved-by-rank{rank}.json")  # global record: only rank 0 writes
         sub = gf.Subject(model, mse, batches, branches=BRANCHES, targets=TARGETS)
         result["sweep"] = gf.sweep(sub, "cross", [0.5, 1.0], seed=4).data
     result["warnings"] = [str(w.message) for w in caught if issubclass(w.category, gf.runtime.LocalNumbersWarning)]

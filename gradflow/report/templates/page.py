@@ -25,7 +25,8 @@ tr.module td.name { padding-left: 22px; }
   font-size: 13px; word-break: break-all; }
 .v { font-weight: 600; padding: 0 6px; border-radius: 3px; white-space: nowrap; }
 .v-ok, .v-improved { color: #17663a; background: #e3f4e9; }
-.v-starved, .v-regressed, .v-flooded, .v-no-grad, .v-undefined, .v-non-finite { color: #a21c1c; background: #fbe4e4; }
+.v-starved, .v-regressed, .v-flooded, .v-no-grad, .v-not-run, .v-undefined, .v-non-finite { color: #a21c1c;
+  background: #fbe4e4; }
 .v-uncertain { color: #7a5a00; background: #fdf3d1; }
 .v-no-effect, .v-unchanged { color: #5b6673; background: #eef0f3; }
 .v-added, .v-removed { color: #174f86; background: #e2eefa; }
@@ -60,6 +61,12 @@ footer { color: #8a94a0; font-size: 12px; margin-top: 40px; }
 <td class="name">{{ value }}</td></tr>
 {% endfor %}</table></details></dd>
 </dl>
+
+{% if notes or measurement_warnings %}
+<h3>How it was measured</h3>
+{% for w in measurement_warnings %}<div class="warning" role="alert"><strong>Warning:</strong> {{ w }}</div>
+{% endfor %}<ul class="notes">{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul>
+{% endif %}
 
 {% if suggestion %}
 <div class="suggestion{% if suggestion.scale is none %} none{% endif %}"><strong>Suggestion:</strong>
