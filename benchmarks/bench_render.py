@@ -16,8 +16,8 @@ import time
 
 from rich.console import Console
 
-from gradflow.gate import Band
 from gradflow.record import SCHEMA, SCHEMA_VERSION, RunRecord
+from gradflow.verdicts import Band
 
 
 def synthetic_record(n_modules: int, n_batches: int = 8) -> RunRecord:

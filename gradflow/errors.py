@@ -33,3 +33,7 @@ class RecordError(GradflowError):
 
 class ProbeError(GradflowError):
     """A probe was asked for a number it did not observe (no backward, no forward inside it, local-only)."""
+
+
+#: Exit codes of the ``gradflow`` command: success, a gate failed, bad input (nothing was written).
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2

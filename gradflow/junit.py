@@ -17,7 +17,9 @@ def _suite_name(result: Any) -> str:
 
 
 def junit_tree(results: list[Any]) -> ET.ElementTree:
-    """The JUnit document of :class:`gradflow.spec.SpecResult` objects."""
+    """The JUnit document of :class:`gradflow.evaluation.SpecResult` objects."""
+    from .report.check import spec_text
+
     root = ET.Element("testsuites", name="gradflow check")
     totals = {"tests": 0, "failures": 0, "errors": 0}
     total_time = 0.0
@@ -31,7 +33,7 @@ def junit_tree(results: list[Any]) -> ET.ElementTree:
             error.text = result.error
             counts["tests"], counts["errors"] = 1, 1
         else:
-            details = result.plain_text() if result.failures else ""
+            details = spec_text(result) if result.failures else ""
             for check in result.checks:
                 case = ET.SubElement(suite, "testcase", classname=classname, name=f"{check.kind}: {check.name}",
                                      time="0")

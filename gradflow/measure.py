@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -404,6 +404,33 @@ def _batch_count(subject: Subject, requested: int | None) -> int:
     return requested
 
 
+@overload
+def compare(
+    subject_or_model: Subject,
+    *,
+    batches: int | None = None,
+    branches: str | Sequence[str] | None = None,
+    targets: str | Sequence[str] | None = None,
+    seed: int = 0,
+    confidence: float = 0.95,
+    progress: ProgressFn | None = None,
+) -> RunRecord: ...
+
+
+@overload
+def compare(
+    subject_or_model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    batches: Sequence[Any],
+    *,
+    branches: Mapping[str, Any],
+    targets: Mapping[str, Any],
+    seed: int = 0,
+    confidence: float = 0.95,
+    progress: ProgressFn | None = None,
+) -> RunRecord: ...
+
+
 def compare(
     subject_or_model: Subject | nn.Module,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
@@ -418,8 +445,25 @@ def compare(
     """Measure how much gradient each target keeps when each branch is active vs. ablated.
 
     Two call forms: ``compare(subject, batches=N, seed=S, branches=[names], targets=[names])`` (names
-    default to all the subject defines), or ``compare(model, loss_fn, batch_list, branches={name:
-    selector}, targets={name: selector})``. Returns the :class:`RunRecord`.
+    default to what the subject says, else all it defines), or ``compare(model, loss_fn, batch_list,
+    branches={name: selector}, targets={name: selector})``.
+
+    Args:
+        subject_or_model: a :class:`Subject`, or a model (``torch.compile``, DDP and FSDP2 models work).
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor`` (bare-model form only).
+        batches: the number of batches to use (Subject form) or the list of batches (bare-model form).
+        branches: branch names (Subject form) or ``{name: selector | Branch}`` (bare-model form).
+        targets: target names (Subject form) or ``{name: selector | Target}`` (bare-model form).
+        seed: seeds each batch's passes (dropout) and the interval's resampling.
+        confidence: level of the retention intervals.
+        progress: ``progress(done, total)`` called after every pass.
+
+    Returns:
+        The :class:`RunRecord` with one retention row per (branch, target) and per target module.
+
+    Raises:
+        SubjectError, SelectorError, LossError, AblationError: bad input, a selector that matches nothing, a
+            loss that is not a differentiable scalar, a branch module that never ran (nothing was ablated).
     """
     started = time.perf_counter()
     subject, n_requested, branch_request, target_request = _as_subject(
@@ -479,7 +523,18 @@ def sweep(
     confidence: float = 0.95,
     progress: ProgressFn | None = None,
 ) -> RunRecord:
-    """Retention as a function of branch scale: norm with the branch output × s over norm with it zeroed."""
+    """Retention as a function of branch scale: norm with the branch output × s over norm with it zeroed.
+
+    Args:
+        subject: the :class:`Subject`.
+        branch: the branch whose output is scaled.
+        scales: the scales to measure (0 equals the zeroed reference).
+        batches, targets, seed, confidence, progress: as in :func:`compare`.
+
+    Returns:
+        A sweep :class:`RunRecord` (one row per scale, target and module); ``measurement.warnings`` says when
+        retention did not move with the scale (the model renormalises the branch downstream).
+    """
     started = time.perf_counter()
     if not scales:
         raise SubjectError("sweep needs at least one scale, e.g. scales=[0, 0.1, 0.5, 1].")

@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import GradflowError
 from .gate import Check
+from .verdicts import RowStatus
 
 _MISSING = object()
 
@@ -176,7 +177,7 @@ def reachability_checks(record: Any) -> list[Check]:
         if row["module"] != "*" or row.get("scale") is not None:
             continue
         name = f"reachable {row['branch']} -> {row['target']}"
-        if row["status"] == "no_effect":
+        if row["status"] == RowStatus.NO_EFFECT:
             checks.append(Check("preflight", name, False,
                                 f"branch {row['branch']!r} cannot affect target {row['target']!r}: identical gradient "
                                 "norms with and without it (not on its gradient path). Reported, not counted as a "

@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 
+#: ``item.stash[SPEC_RESULT]``: the :class:`gradflow.evaluation.SpecResult` a ``gradflow`` marker produced
+#: (the test body can read it through ``request.node.stash``).
+SPEC_RESULT = pytest.StashKey[Any]()
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -65,7 +69,7 @@ def pytest_runtest_call(item: pytest.Item) -> None:
     options = {k: marker.kwargs[k] for k in ("preset", "batches", "gate") if k in marker.kwargs}
     message = None
     try:
-        check_spec(_spec_path(item, str(spec)), **options)
+        item.stash[SPEC_RESULT] = check_spec(_spec_path(item, str(spec)), **options)
     except GradflowError as exc:
         message = f"gradflow spec error (bad input): {exc}"
     except AssertionError as exc:

@@ -7,7 +7,9 @@ Only ``run.created`` and ``run.elapsed_s`` differ between two runs with the same
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import importlib.metadata
 import json
 import math
 import os
@@ -83,12 +85,10 @@ def environment() -> dict[str, Any]:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
-    try:
-        import open_clip
-
-        env["open_clip"] = open_clip.__version__
-    except ImportError:  # pragma: no cover - open_clip is a dependency, but records are useful without it
-        pass
+    for package, key in (("open_clip_torch", "open_clip"),):
+        # the installed version, without importing the package (open_clip takes seconds to import)
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            env[key] = importlib.metadata.version(package)
     return env
 
 
@@ -174,43 +174,62 @@ class RunRecord:
         """The retention rows (one per branch, target and module; module ``"*"`` = whole target)."""
         return self.data["retention"]
 
-    def _row(self, branch: str, target: str, module: str, scale: float | None = None) -> dict[str, Any]:
+    def row(self, branch: str, target: str, module: str = "*", scale: float | None = None) -> dict[str, Any]:
+        """The retention row of ``branch`` and ``target`` (``module="*"``: the whole target).
+
+        Args:
+            branch: branch name.
+            target: target name.
+            module: ``"*"`` for the whole target, or a module's qualified name.
+            scale: for sweep records, the branch scale of the row (required there).
+
+        Returns:
+            The row dict (see :class:`gradflow.verdicts.RetentionRow`).
+
+        Raises:
+            GradflowError: the record has no such row (the message lists what it has).
+        """
+        from .errors import GradflowError
+
+        if self.kind == "sweep" and scale is None:
+            scales = sorted({r["scale"] for r in self.rows if r["scale"] is not None})
+            raise GradflowError(f"this is a sweep record: say which scale (one of {scales}), e.g. scale={scales[-1]}.")
         for row in self.rows:
-            if (row["branch"], row["target"], row["module"]) == (branch, target, module) and (
-                scale is None or row["scale"] == scale
-            ):
+            if (row["branch"], row["target"], row["module"]) == (branch, target, module) and row["scale"] == scale:
                 return row
         branches = sorted({r["branch"] for r in self.rows})
         targets = sorted({r["target"] for r in self.rows})
-        from .errors import GradflowError
-
         raise GradflowError(
-            f"this run has no row for branch {branch!r}, target {target!r}, module {module!r}. "
-            f"It measured branches {branches} and targets {targets}."
+            f"this run has no row for branch {branch!r}, target {target!r}, module {module!r}"
+            + (f", scale {scale:g}" if scale is not None else "")
+            + f". It measured branches {branches} and targets {targets}."
         )
 
     def retention(self, branch: str, target: str, module: str = "*", scale: float | None = None) -> float:
         """Ratio of mean gradient norms with / without ``branch`` for ``target`` (NaN if undefined)."""
-        value = self._row(branch, target, module, scale)["retention"]
+        value = self.row(branch, target, module, scale)["retention"]
         return math.nan if value is None else float(value)
 
-    def ci(self, branch: str, target: str, module: str = "*") -> tuple[float, float] | None:
-        """The bootstrap confidence interval of :meth:`retention`, or ``None`` with one batch."""
-        row = self._row(branch, target, module)
+    def ci(self, branch: str, target: str, module: str = "*", scale: float | None = None
+           ) -> tuple[float, float] | None:
+        """The confidence interval of :meth:`retention`, or ``None`` when there is none (one batch)."""
+        row = self.row(branch, target, module, scale)
         return None if row["ci_low"] is None else (row["ci_low"], row["ci_high"])
 
     def norms(self, target: str, module: str = "*") -> dict[str, Any]:
-        """Mean gradient norms of ``target``: ``{"with": float, "without": {branch: float}}``."""
-        result: dict[str, Any] = {"with": None, "without": {}}
-        found = False
-        for row in self.rows:
-            if row["target"] == target and row["module"] == module and row["scale"] is None:
-                found = True
-                result["with"] = row["norm_with"]
-                result["without"][row["branch"]] = row["norm_without"]
-        if not found:
-            self._row(next(iter({r["branch"] for r in self.rows}), "?"), target, module)
-        return result
+        """Mean gradient norms of ``target``: ``{"with": float, "without": {branch: float}}`` (compare records).
+
+        Raises:
+            GradflowError: the record has no row for ``target`` and ``module``.
+        """
+        from .errors import GradflowError
+
+        rows = [r for r in self.rows if r["target"] == target and r["module"] == module and r["scale"] is None]
+        if not rows:
+            targets = sorted({r["target"] for r in self.rows})
+            raise GradflowError(f"this run has no compare row for target {target!r}, module {module!r}; it measured "
+                                f"targets {targets}.")
+        return {"with": rows[0]["norm_with"], "without": {r["branch"]: r["norm_without"] for r in rows}}
 
     def table(self) -> pd.DataFrame:
         """The retention table as a DataFrame (columns :data:`TABLE_COLUMNS`, then scale and status)."""

@@ -1,4 +1,6 @@
-"""Probe specs (``probes/*.toml``): declarative retention checks, and their evaluation.
+"""Probe specs (``probes/*.toml``): the schema of a declarative retention check, and loading it.
+
+Evaluation lives in :mod:`gradflow.evaluation`; rendering of results in :mod:`gradflow.report.check`.
 
 A spec names a subject (with preset and config overrides), the branches and targets to measure, how
 many batches with which seed, a retention band, optional per-module bands, an optional baseline record
@@ -50,16 +52,14 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
-import sys
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import GradflowError
-from .gate import CHECK_MODES, Band, Check, baseline_checks, check_mode, describe_mode, gate_row
+from .errors import GradflowError, SelectorError
+from .select import compile_glob, validate_selector
+from .verdicts import Band, GateMode
 
 DEFAULT_SPEC_DIR = "probes"
 
@@ -96,26 +96,7 @@ class ModuleThreshold:
             return False
         if self.branch is not None and row["branch"] != self.branch:
             return False
-        return _module_pattern(self.module).fullmatch(row["module"]) is not None
-
-
-def _module_pattern(pattern: str) -> Any:
-    """An object with ``fullmatch(name)`` for a module glob (selector rules) or ``re:`` regex."""
-    if pattern.startswith("re:"):
-        return re.compile(pattern[3:])
-    from .select import _glob_to_regex  # the selectors' glob rules ('*' one segment, '**' any number)
-
-    return _Prefixed(_glob_to_regex(pattern))
-
-
-class _Prefixed:
-    """Selector globs match ``"." + name``; expose ``fullmatch(name)`` like a compiled regex."""
-
-    def __init__(self, compiled: re.Pattern[str]) -> None:
-        self._compiled = compiled
-
-    def fullmatch(self, name: str) -> re.Match[str] | None:
-        return self._compiled.match("." + name)
+        return compile_glob(self.module).fullmatch(row["module"])
 
 
 @dataclass
@@ -138,7 +119,7 @@ class Spec:
     seed: int = 0
     confidence: float = 0.95
     band: Band = field(default_factory=Band)
-    gate: str = "ci"
+    gate: GateMode = GateMode.CI
     per_module: bool = False
     module_thresholds: list[ModuleThreshold] = field(default_factory=list)
     baseline: str | None = None
@@ -259,14 +240,10 @@ def _band(reader: _Reader, default: Band | None = None) -> Band:
 
 
 def _check_selector(reader: _Reader, key: str, selector: str) -> None:
-    if selector.startswith("re:"):
-        try:
-            re.compile(selector[3:])
-        except re.error as exc:
-            raise reader.error(key, f"{selector!r} is not a valid regular expression ({exc}).") from None
-    elif not selector.strip() or any(not part for part in selector.split(".")):
-        raise reader.error(key, f"{selector!r} is not a valid selector: empty name segment. Use dotted names "
-                           "with '*' (one segment), '**' (any number) or 're:<regex>'.")
+    try:
+        validate_selector(selector)
+    except SelectorError as exc:
+        raise reader.error(key, str(exc)) from None
 
 
 def _groups(reader: _Reader, key: str, branches: bool) -> tuple[list[str], dict[str, Any]]:
@@ -326,8 +303,8 @@ def parse_spec(data: dict[str, Any], path: Path) -> Spec:
     thresholds = _Reader(path, top.table("thresholds"), "thresholds.", _THRESHOLDS)
     band = _band(thresholds)
     gate = thresholds.string("gate", "ci")
-    if gate not in CHECK_MODES:
-        raise thresholds.error("gate", f"must be one of {', '.join(CHECK_MODES)}, got {gate!r}.")
+    if gate not in tuple(GateMode):
+        raise thresholds.error("gate", f"must be one of {', '.join(GateMode)}, got {gate!r}.")
     modules = thresholds._typed("modules", (list,), "a list of tables ([[thresholds.modules]])", [])
     module_thresholds = []
     for index, item in enumerate(modules):
@@ -370,7 +347,7 @@ def parse_spec(data: dict[str, Any], path: Path) -> Spec:
         overrides=overrides, options={**subject.table("options"), **_paths(subject, path)},
         extra_branches=extra_branches, extra_targets=extra_targets,
         batches=top.integer("batches", None, minimum=1), seed=top.integer("seed", 0), confidence=confidence,
-        band=band, gate=gate, per_module=thresholds.boolean("per_module", False),
+        band=band, gate=GateMode(gate), per_module=thresholds.boolean("per_module", False),
         module_thresholds=module_thresholds, baseline=record, tolerance=tolerance, direction=direction,
         preflight_config=dict(expected_config), preflight_model=dict(expected_model),
         trained=preflight.strings("trained"), reachable=preflight.boolean("reachable", True),
@@ -402,224 +379,3 @@ def discover_specs(folder: str | Path = DEFAULT_SPEC_DIR) -> list[Path]:
         raise SpecError(f"{root}: no probe specs (*.toml) found. Pass spec files, or run from the folder that "
                         f"holds {DEFAULT_SPEC_DIR}/.")
     return found
-
-
-# -------------------------------------------------------------------------------------- evaluation
-@dataclass
-class SpecResult:
-    """What evaluating one spec produced: the run record (if measured) and every check."""
-
-    spec: Spec | None
-    path: Path
-    mode: str = "ci"
-    preset: str | None = None
-    record: Any = None
-    checks: list[Check] = field(default_factory=list)
-    error: str | None = None
-    elapsed_s: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        """True when the spec was evaluated and every check passed."""
-        return self.error is None and all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        """The checks that failed."""
-        return [c for c in self.checks if not c.passed]
-
-    @property
-    def exit_code(self) -> int:
-        """0 pass, 1 a check failed, 2 bad input."""
-        return 2 if self.error is not None else (0 if self.passed else 1)
-
-    def status(self) -> str:
-        """``PASS``, ``FAIL`` or ``ERROR``."""
-        return "ERROR" if self.error is not None else ("PASS" if self.passed else "FAIL")
-
-    def summary(self) -> str:
-        """One line: ``FAIL probes/x.toml: 2 of 5 checks failed (gate: ci ...)``."""
-        if self.error is not None:
-            return f"ERROR {self.path}: {self.error}"
-        failed = len(self.failures)
-        head = f"{self.status()} {self.path}: "
-        head += f"{failed} of {len(self.checks)} checks failed" if failed else f"all {len(self.checks)} checks passed"
-        return head + f" (gate: {self.mode})"
-
-    def renderables(self) -> list[Any]:
-        """Rich renderables: the retention table and the checks table (what the CLI prints)."""
-        from rich.table import Table
-        from rich.text import Text
-
-        from .gate import verdict_mode
-        from .report.terminal import retention_table
-
-        out: list[Any] = []
-        title = f"spec {self.path}" + (f" — {self.spec.description}" if self.spec and self.spec.description else "")
-        out.append(Text(title, style="bold"))
-        if self.error is not None:
-            out.append(Text("error: " + self.error, style="red"))
-            return out
-        if self.record is not None and self.spec is not None:
-            out.append(retention_table(self.record, self.spec.band, verdict_mode(self.mode)))
-        table = Table(title="checks", caption=describe_mode(self.mode, self.spec.confidence if self.spec else 0.95))
-        for column in ("kind", "check", "result", "detail"):
-            table.add_column(column, overflow="fold")
-        for check in self.checks:
-            result = Text("PASS", style="bold green") if check.passed else Text("FAIL", style="bold red")
-            label = f"{check.verdict}: " if check.verdict and check.kind != "preflight" else ""
-            table.add_row(check.kind, Text(check.name), result, Text(label + check.detail))
-        out.append(table)
-        out.append(Text(self.summary(), style="bold green" if self.passed else "bold red"))
-        return out
-
-    def plain_text(self, width: int = 140) -> str:
-        """The rendered tables as plain text (ASCII boxes, no colour): assertion messages, JUnit XML."""
-        return render_plain(self.renderables(), width)
-
-
-def render_plain(renderables: list[Any], width: int = 140) -> str:
-    """Render rich renderables as plain text: no ANSI codes, ASCII table borders."""
-    import io
-
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False,
-                      no_color=True, emoji=False, highlight=False)
-    for item in renderables:
-        if isinstance(item, Table):
-            item.box = box.ASCII2
-        console.print(item)
-    return buffer.getvalue()
-
-
-def _ensure_import_paths(spec: Spec) -> None:
-    """User subjects (``module:factory``) resolve from the current folder, then the spec's folder."""
-    for folder in (str(Path.cwd()), str(spec.path.parent.resolve())):
-        if folder not in sys.path:
-            sys.path.append(folder)
-
-
-def build_subject(spec: Spec, preset: str | None = None, seed: int | None = None) -> Any:
-    """Build the spec's subject (``preset``/``seed`` override the spec's); errors name the spec key."""
-    from .errors import SubjectError
-    from .subject import Branch
-    from .subjects.registry import load_subject
-
-    _ensure_import_paths(spec)
-    if spec.weights is not None and not spec.weights.exists():
-        raise SpecError(f"{spec.path}: subject.weights: {spec.weights} does not exist (relative to the spec's "
-                        "folder).")
-    options = dict(spec.options)
-    options.update(preset=preset or spec.preset, overrides=dict(spec.overrides),
-                   weights=None if spec.weights is None else str(spec.weights),
-                   seed=spec.subject_seed if seed is None else seed)
-    try:
-        subject = load_subject(spec.subject, **options)
-    except SubjectError as exc:
-        raise SpecError(f"{spec.path}: subject: {exc}") from None
-    for name, branch in spec.extra_branches.items():
-        subject.branches[name] = Branch(branch["selector"], branch.get("mode", "zero"), branch.get("scale"))
-    from .subject import Target
-
-    for name, selector in spec.extra_targets.items():
-        subject.targets[name] = Target(selector)
-    for key, names, lookup, modules in (("branches", spec.branches, subject.branch, subject.branch_modules),
-                                        ("targets", spec.targets, subject.target, subject.target_modules)):
-        for name in names:
-            try:
-                lookup(name)
-                modules(name)
-            except GradflowError as exc:
-                raise SpecError(f"{spec.path}: {key}: {exc}") from None
-    return subject
-
-
-def evaluate(
-    spec: Spec | str | Path,
-    *,
-    preset: str | None = None,
-    batches: int | None = None,
-    gate: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    subject: Any = None,
-) -> SpecResult:
-    """Evaluate one spec: build the subject, run the static preflight checks, measure retention, gate the
-    rows, compare with the baseline, check reachability. Bad input is returned as ``result.error`` (exit 2)
-    rather than raised. ``subject`` skips building (the caller's subject must match the spec)."""
-    import time
-
-    started = time.perf_counter()
-    path = Path(spec) if not isinstance(spec, Spec) else spec.path
-    result = SpecResult(spec=None, path=path)
-    try:
-        loaded = spec if isinstance(spec, Spec) else load_spec(spec)
-        result.spec = loaded
-        result.mode = check_mode(gate, loaded.gate)
-        result.preset = preset or loaded.preset
-        _run(loaded, result, subject, batches, progress)
-    except GradflowError as exc:
-        result.error = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
-        result.error = result.error.removeprefix(f"{path}: ")
-    result.elapsed_s = time.perf_counter() - started
-    return result
-
-
-def _run(spec: Spec, result: SpecResult, subject: Any, batches: int | None,
-         progress: Callable[[int, int], None] | None) -> None:
-    from . import preflight
-    from .measure import compare
-    from .record import load_run
-
-    baseline_file = spec.baseline_path(result.preset)
-    if baseline_file is not None and not baseline_file.is_file():
-        raise SpecError(f"{spec.path}: baseline.record: baseline record {baseline_file} does not exist (for preset "
-                        f"{result.preset!r}). Write one with `gradflow check {spec.path} --out {baseline_file}`.")
-    old = None
-    if baseline_file is not None:
-        try:
-            old = load_run(baseline_file)
-        except GradflowError as exc:
-            raise SpecError(f"{spec.path}: baseline.record: {exc}") from None
-        if old.data["subject"].get("preset") != result.preset:
-            raise SpecError(
-                f"{spec.path}: baseline.record: {baseline_file} was measured on preset "
-                f"{old.data['subject'].get('preset')!r}, this run is preset {result.preset!r}; put {{preset}} in "
-                "the path to keep one baseline per preset.")
-    if subject is None:
-        subject = build_subject(spec, result.preset)
-    if old is not None and old.data["subject"].get("name") != subject.name:
-        raise SpecError(f"{spec.path}: baseline.record: {baseline_file} was measured on subject "
-                        f"{old.data['subject'].get('name')!r}, this spec's subject is {subject.name!r}.")
-    result.checks.extend(preflight.static_checks(spec, subject, rebuild=lambda s: build_subject(spec, result.preset,
-                                                                                                s)))
-    record = compare(subject, batches=batches or spec.batches, branches=list(spec.branches),
-                     targets=list(spec.targets), seed=spec.seed, confidence=spec.confidence, progress=progress)
-    result.record = record
-    if spec.reachable:
-        result.checks.extend(preflight.reachability_checks(record))
-    gated = gated_rows(spec, record.rows)
-    result.checks.extend(gate_row(row, band, result.mode) for row, band in gated)
-    if old is not None:
-        keys = [(row["branch"], row["target"], row["module"]) for row, _ in gated]
-        result.checks.extend(baseline_checks(old, record, keys, spec.band, result.mode, spec.tolerance,
-                                             spec.direction))
-
-
-def gated_rows(spec: Spec, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Band]]:
-    """The rows the spec gates, each with its band: totals with the main band; per-module rows under a
-    matching ``[[thresholds.modules]]`` entry (the last match wins) or, with ``per_module``, the main band."""
-    out = []
-    for row in rows:
-        if row["module"] == "*":
-            out.append((row, spec.band))
-            continue
-        matching = [t for t in spec.module_thresholds if t.matches(row)]
-        if matching:
-            out.append((row, matching[-1].band))
-        elif spec.per_module:
-            out.append((row, spec.band))
-    return out

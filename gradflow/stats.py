@@ -43,3 +43,17 @@ def bootstrap_ratio_ci(
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(ratios, [tail, 100.0 - tail])
     return float(low), float(high)
+
+
+def mover_difference(new: float, new_ci: tuple[float, float], old: float, old_ci: tuple[float, float]
+                     ) -> tuple[float, float]:
+    """Confidence interval of ``new - old`` for two independent estimates from their own intervals (MOVER).
+
+    Zou & Donner's method of variance estimates recovery: the lower limit combines how far each interval
+    reaches below (new) and above (old) its estimate, and the other way round for the upper limit; it keeps
+    the asymmetry of ratio intervals that a symmetric normal approximation would lose.
+    """
+    delta = new - old
+    lower = delta - math.sqrt((new - new_ci[0]) ** 2 + (old_ci[1] - old) ** 2)
+    upper = delta + math.sqrt((new_ci[1] - new) ** 2 + (old - old_ci[0]) ** 2)
+    return lower, upper

@@ -105,7 +105,8 @@ def _as_branch(name: str, value: Any) -> Branch:
     if isinstance(value, Branch):
         return value
     if isinstance(value, Target):
-        return Branch(value.selector)
+        raise SubjectError(f"branch {name!r} is given as a gradflow.Target; a branch is a Branch(selector, mode) "
+                           "or a selector (did you swap branches= and targets=?).")
     return Branch(value)
 
 
@@ -113,7 +114,8 @@ def _as_target(name: str, value: Any) -> Target:
     if isinstance(value, Target):
         return value
     if isinstance(value, Branch):
-        return Target(value.selector)
+        raise SubjectError(f"target {name!r} is given as a gradflow.Branch; a target is a Target(selector) or a "
+                           "selector (did you swap branches= and targets=?).")
     return Target(value)
 
 

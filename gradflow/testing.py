@@ -21,17 +21,16 @@ __all__ = ["assert_retention", "check_spec", "retention_text"]
 def retention_text(record: Any, band: Any = None, mode: str = "ci", branch: str | None = None,
                    target: str | None = None, width: int = 140) -> str:
     """The retention table of ``record`` (optionally only ``branch``/``target`` rows) as plain text."""
-    from .gate import verdict_mode
     from .record import RunRecord
+    from .report.plain import render_plain
     from .report.terminal import retention_table
-    from .spec import render_plain
 
     if branch is not None or target is not None:
         data = dict(record.data)
         data["retention"] = [r for r in record.rows if (branch is None or r["branch"] == branch)
                              and (target is None or r["target"] == target)]
         record = RunRecord(data, source=record.source)
-    return render_plain([retention_table(record, band, verdict_mode(mode))], width)
+    return render_plain([retention_table(record, band, mode)], width)
 
 
 def assert_retention(
@@ -55,10 +54,11 @@ def assert_retention(
     Rows that are ``no effect``, ``no grad``, ``undefined`` or ``non-finite`` fail. Returns the record.
     """
     __tracebackhide__ = True  # pytest shows the assertion message, not this function's frames
-    from .gate import Band, check_mode, gate_row
+    from .gate import gate_row
     from .record import RunRecord
+    from .verdicts import Band, gate_mode
 
-    mode = check_mode(gate)
+    mode = gate_mode(gate)
     band = Band(min, max)
     if isinstance(record_or_subject, RunRecord):
         record = record_or_subject
@@ -66,7 +66,7 @@ def assert_retention(
         from .measure import compare
 
         record = compare(record_or_subject, batches=batches, branches=[branch], targets=[target], seed=seed)
-    row = record._row(branch, target, module)
+    row = record.row(branch, target, module)
     check = gate_row(row, band, mode)
     if not check.passed:
         where = "the whole target" if module == "*" else f"module {module}"
@@ -82,11 +82,12 @@ def check_spec(path: str | Path, *, preset: str | None = None, batches: int | No
     """Evaluate a probe spec and raise :class:`AssertionError` (with the tables) unless every check passes.
 
     Bad input (a spec that cannot be read or evaluated) raises :class:`gradflow.GradflowError`.
-    Returns the :class:`gradflow.spec.SpecResult`.
+    Returns the :class:`gradflow.evaluation.SpecResult`.
     """
     __tracebackhide__ = True
     from .errors import GradflowError
-    from .spec import evaluate
+    from .evaluation import evaluate
+    from .report.check import spec_text
 
     result = evaluate(Path(path), preset=preset, batches=batches, gate=gate)
     if result.error is not None:
@@ -94,5 +95,5 @@ def check_spec(path: str | Path, *, preset: str | None = None, batches: int | No
     if not result.passed:
         failed = "\n".join(f"  - {c.kind}: {c.name}: {c.verdict + ': ' if c.verdict else ''}{c.detail}"
                            for c in result.failures)
-        raise AssertionError(f"gradflow spec {result.path} failed:\n{failed}\n\n{result.plain_text()}")
+        raise AssertionError(f"gradflow spec {result.path} failed:\n{failed}\n\n{spec_text(result)}")
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gradflow as gf
 from gradflow.errors import SubjectError
 from gradflow.subjects.aaclip import make_batch, preset_config
 from gradflow.subjects.aaclip.data import CLIP_MEAN, CLIP_STD, folder_batches, scan_mvtec_folder
@@ -53,6 +54,37 @@ def test_synthetic_batch_is_deterministic_and_well_formed():
     # normalised with CLIP stats: undoing them lands in [0, 1]
     raw = big["images"] * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     assert float(raw.min()) >= -1e-5 and float(raw.max()) <= 1 + 1e-5
+
+
+def make_mvtec_folder(tmp_path):
+    from PIL import Image
+
+    good = tmp_path / "widget" / "test" / "good"
+    bad = tmp_path / "widget" / "test" / "crack"
+    gt = tmp_path / "widget" / "ground_truth" / "crack"
+    for folder in (good, bad, gt):
+        folder.mkdir(parents=True)
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(good / "000.png")
+    Image.new("RGB", (20, 20), (200, 20, 30)).save(bad / "000.png")
+    mask = Image.new("L", (20, 20), 0)
+    mask.paste(255, (0, 0, 10, 10))
+    mask.save(gt / "000_mask.png")
+    return tmp_path
+
+
+def test_compare_on_a_data_folder_from_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from gradflow.cli.app import app
+
+    folder = make_mvtec_folder(tmp_path / "data")
+    out = tmp_path / "run.json"
+    result = CliRunner().invoke(app, ["compare", "--preset", "tiny", "--data", str(folder), "--batches", "2",
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = gf.load_run(out)
+    assert record.data["subject"]["config"]["data"] == str(folder)
+    assert record.rows[0]["status"] == "ok"
 
 
 def test_real_folder_loader(tmp_path):

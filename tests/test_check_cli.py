@@ -13,7 +13,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from gradflow import load_run
-from gradflow.cli import app
+from gradflow.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +129,7 @@ def test_subprocess_exit_code_and_junit(tmp_path):
     ok, low = spec(tmp_path, "ok"), spec(tmp_path, "low", 3.0)
     junit = tmp_path / "j.xml"
     script = shutil.which("gradflow")
-    command = [script] if script else [sys.executable, "-m", "gradflow.cli"]
+    command = [script] if script else [sys.executable, "-m", "gradflow"]
     proc = subprocess.run([*command, "check", str(ok), str(low), "--quiet", "--junit", str(junit)], cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -47,8 +47,12 @@ def test_fixture_factory_builds_subjects(gradflow_subject):
 
 
 @pytest.mark.gradflow(spec="tests/plugin_user/healthy.toml")
-def test_marker_runs_a_spec():
-    pass
+def test_marker_runs_a_spec(request):
+    from gradflow.pytest_plugin import SPEC_RESULT
+
+    result = request.node.stash[SPEC_RESULT]  # the marker evaluated the spec before this body ran
+    assert result.passed and result.record is not None
+    assert [c.kind for c in result.checks].count("retention") >= 1
 
 
 def test_plugin_module_is_import_light():

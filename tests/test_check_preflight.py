@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from gradflow import preflight
-from gradflow.spec import build_subject, evaluate, load_spec
+from gradflow.evaluation import build_subject, evaluate
+from gradflow.report.check import spec_text
+from gradflow.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +42,7 @@ def failed(result) -> dict[str, str]:
 
 def test_config_and_model_values(tmp_path):
     good = evaluate(write(tmp_path, 'config = { width = 8, depth = 3 }\nmodel = { "head.in_features" = 8 }'))
-    assert good.exit_code == 0, good.plain_text()
+    assert good.exit_code == 0, spec_text(good)
     bad = evaluate(write(tmp_path, 'config = { width = 16, cross_weight = 0.1 }\n'
                                    'model = { "blocks.0.cross.scale" = 0.1, "blocks.9.cross" = 1 }'))
     assert bad.exit_code == 1 and bad.record is not None  # preflight failures still show the measurement
@@ -49,7 +51,7 @@ def test_config_and_model_values(tmp_path):
     assert "branch weight parameter is missing" in problems["config cross_weight == 0.1"]
     assert "nothing called 'scale' under blocks.0.cross" in problems["model.blocks.0.cross.scale == 0.1"]
     assert "nothing called '9' under blocks" in problems["model.blocks.9.cross == 1"]
-    assert "preflight" in bad.plain_text() and "FAIL" in bad.plain_text()
+    assert "preflight" in spec_text(bad) and "FAIL" in spec_text(bad)
 
 
 def _loaded_factory(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from gradflow.errors import GradflowError
-from gradflow.gate import PASSING, Band, baseline_checks, check_mode, gate_row, passes, verdict
+from gradflow.gate import baseline_checks, gate_row
+from gradflow.verdicts import Band, Change, Transition, Verdict, gate_mode, judge_change, passes, verdict
 
 
 def row(retention, low=None, high=None, status="ok", module="*", branch="b", target="t"):
@@ -44,7 +45,7 @@ def test_gate_row_modes(r, mode, label, ok):
 def test_no_effect_is_reported_not_passed():
     check = gate_row(row(1.0, 1.0, 1.0, status="no_effect"), BAND, "ci")
     assert not check.passed and "not counted as a pass" in check.detail
-    assert "no effect" in PASSING  # the report's notion of passing is unchanged
+    assert not passes(Verdict.NO_EFFECT, "ci")  # one notion of passing, the same for gates and reports
 
 
 def test_band_and_verdict_api_kept():
@@ -54,7 +55,9 @@ def test_band_and_verdict_api_kept():
         Band(1.0, 0.5)
     assert passes("uncertain", "ci") and not passes("uncertain", "point")
     with pytest.raises(GradflowError, match="gate mode 'median'"):
-        check_mode("median")
+        gate_mode("median")
+    with pytest.raises(GradflowError, match="finite"):
+        Band(float("nan"))
 
 
 class _Rec:
@@ -84,3 +87,21 @@ def test_baseline_broken_row_and_new_row():
     assert not broken[0].passed and "no_grad" in broken[0].detail
     added = baseline_checks(_Rec([]), _Rec([copy.deepcopy(row(0.9, 0.8, 1.0))]), [("b", "t", "*")], BAND)
     assert added[0].passed and added[0].verdict == "added"
+
+
+def test_one_change_rule_for_report_and_gate():
+    old = row(0.40, 0.35, 0.45)
+    fixed = judge_change(old, row(0.95, 0.93, 0.97), BAND, "ci", 0.05, interval=(0.50, 0.60))
+    assert (fixed.change, fixed.transition) == (Change.IMPROVED, Transition.FIXED)
+    within = judge_change(old, row(0.42, 0.37, 0.47), BAND, "ci", 0.05, interval=(-0.05, 0.09))
+    assert within.change is Change.UNCHANGED and within.transition is Transition.NONE
+    broken = judge_change(row(0.95, 0.93, 0.97), old, BAND, "ci", 0.05, interval=(-0.60, -0.50))
+    assert (broken.change, broken.transition) == (Change.REGRESSED, Transition.BROKEN)
+    drift = judge_change(row(0.95), row(1.30), BAND, "point", 0.05)
+    assert drift.change is Change.DRIFTED
+    # the baseline gate judges with the same rule: a drop inside the tolerance passes, beyond it fails
+    class Rec:
+        def __init__(self, rows):
+            self.rows = rows
+    assert baseline_checks(Rec([row(0.95)]), Rec([row(0.92)]), [("b", "t", "*")], BAND, "point", 0.05)[0].passed
+    assert not baseline_checks(Rec([row(0.95)]), Rec([row(0.85)]), [("b", "t", "*")], BAND, "point", 0.05)[0].passed

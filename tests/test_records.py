@@ -9,7 +9,7 @@ from reference_models import make_batches, make_net, mse
 from typer.testing import CliRunner
 
 import gradflow as gf
-from gradflow.cli import app
+from gradflow.cli.app import app
 
 TOY = "tests.toy_subject:make_subject"
 

@@ -9,7 +9,7 @@ import pytest
 from golden.records import compare_record, regression_pair, sweep_record
 from typer.testing import CliRunner
 
-from gradflow.cli import app
+from gradflow.cli.app import app
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 from golden.records import compare_record, regression_pair, sweep_record
 from rich.console import Console
 
-from gradflow.gate import Band
 from gradflow.report.markdown import record_markdown, regression_markdown
 from gradflow.report.terminal import render_record, render_regression
+from gradflow.verdicts import Band
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("GRADFLOW_UPDATE_GOLDEN") == "1"

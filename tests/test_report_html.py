@@ -14,9 +14,9 @@ import pytest
 from golden.records import XSS, compare_record, regression_pair, sweep_record, synthetic_record
 
 import gradflow as gf
-from gradflow.gate import Band
 from gradflow.report import plots
 from gradflow.report.html import render_html
+from gradflow.verdicts import Band
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 URL = re.compile(r"^\s*(https?:)?//|url\((?!#)|^\s*(file|data|javascript):", re.I)  # url(#id) is in-page

@@ -6,10 +6,10 @@ import pytest
 from golden.records import compare_record, copy_record, set_row, sweep_record
 
 import gradflow as gf
-from gradflow.gate import Band
 from gradflow.report.html import render_html
 from gradflow.report.markdown import record_markdown
 from gradflow.report.sweep import suggest_scale, sweep_curves
+from gradflow.verdicts import Band
 
 
 @pytest.fixture(scope="module")

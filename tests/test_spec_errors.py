@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradflow.cli import app
-from gradflow.spec import SpecError, evaluate, load_spec
+from gradflow.cli.app import app
+from gradflow.evaluation import evaluate
+from gradflow.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..gate import Band, GateMode, verdict
 from ..record import RunRecord
+from ..verdicts import DEFAULT_TOLERANCE, Band, GateMode, verdict
 from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, measurement_notes, module_label
-from .regression import TOLERANCE, compatibility_warnings, config_changes, count_verdicts, regression_rows
+from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, why
 from .sweep import suggest_scale
 
 
@@ -52,13 +52,13 @@ def _config(record: RunRecord) -> list[tuple[str, str]]:
     return [(str(k), v if isinstance(v, str) else json.dumps(v, default=str)) for k, v in sorted(config.items())]
 
 
-def _rows(record: RunRecord, band: Band, mode: GateMode, modules: bool) -> list[dict[str, Any]]:
+def _rows(record: RunRecord, band: Band, mode: str | GateMode, modules: bool) -> list[dict[str, Any]]:
     out = []
     for row in record.rows:
         total = row["module"] == "*"
         if not total and not modules:
             continue
-        label = verdict(row, band, mode)
+        label = verdict(row, band, mode).value
         out.append({
             "total": total, "branch": row["branch"], "target": row["target"], "module": module_label(row["module"]),
             "scale": fmt_scale(row["scale"]), "norm_with": fmt_norm(row["norm_with"]),
@@ -68,7 +68,7 @@ def _rows(record: RunRecord, band: Band, mode: GateMode, modules: bool) -> list[
     return out
 
 
-def _regression(old: RunRecord, new: RunRecord, band: Band, mode: GateMode, modules: bool) -> dict[str, Any]:
+def _regression(old: RunRecord, new: RunRecord, band: Band, mode: str | GateMode, modules: bool) -> dict[str, Any]:
     rows = [r for r in regression_rows(old, new, band, mode) if modules or r["module"] == "*"]
     counts = count_verdicts(rows)
     shown = []
@@ -80,17 +80,17 @@ def _regression(old: RunRecord, new: RunRecord, band: Band, mode: GateMode, modu
             "new": fmt_ratio(r["new"]) if r["new_verdict"] is not None else "",
             "delta": fmt_delta(r["delta"]), "old_ci": fmt_ci_pair(r["old_ci"]), "new_ci": fmt_ci_pair(r["new_ci"]),
             "verdict": r["verdict"], "verdict_class": r["verdict"],
-            "why": r["summary"] if r["summary"].endswith(("(fixed)", "(broken)")) else r["note"],
+            "why": why(r),
         })
     return {
-        "baseline": old.source or "(in memory)", "rows": shown, "tolerance": f"{TOLERANCE:g}",
+        "baseline": old.source or "(in memory)", "rows": shown, "tolerance": f"{DEFAULT_TOLERANCE:g}",
         "counts": ", ".join(f"{n} {v}" for v, n in counts.items() if n),
         "changes": "; ".join(config_changes(old, new)),
         "sweep": any(r["scale"] is not None for r in rows),
     }
 
 
-def render_html(record: RunRecord, band: Band | None = None, mode: GateMode = "ci", *,
+def render_html(record: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI, *,
                 baseline: RunRecord | None = None, modules: bool = True) -> str:
     """The whole report page as a string (write it with :func:`gradflow.record.write_atomic`)."""
     from .. import __version__

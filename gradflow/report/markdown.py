@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..gate import PASSING, Band, GateMode, verdict
 from ..record import RunRecord
+from ..verdicts import Band, Change, GateMode, passes, verdict
 from .format import (
     fmt_ci,
     fmt_ci_pair,
@@ -17,7 +17,7 @@ from .format import (
     measurement_notes,
     module_label,
 )
-from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows
+from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, why
 from .sweep import suggest_scale
 
 
@@ -35,11 +35,12 @@ def _title(record: RunRecord, what: str) -> str:
     return text
 
 
-def _verdict_cell(label: str) -> str:
-    return label if label in PASSING else f"**{label}**"
+def _verdict_cell(label: str, mode: str | GateMode) -> str:
+    return label if passes(label, mode) else f"**{label}**"
 
 
-def record_markdown(record: RunRecord, band: Band | None = None, mode: GateMode = "ci", modules: bool = True) -> str:
+def record_markdown(record: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI,
+                    modules: bool = True) -> str:
     """The retention table of one record as markdown (whole-target rows bold; module rows indented)."""
     band = band or Band()
     sweep = record.kind == "sweep"
@@ -57,7 +58,7 @@ def record_markdown(record: RunRecord, band: Band | None = None, mode: GateMode 
         rows.append([
             md_escape(row["branch"]), *([fmt_scale(row["scale"])] if sweep else []), md_escape(row["target"]), module,
             fmt_norm(row["norm_with"]), fmt_norm(row["norm_without"]), f"**{retention}**" if total else retention,
-            fmt_ci(row), _verdict_cell(verdict(row, band, mode)),
+            fmt_ci(row), _verdict_cell(verdict(row, band, mode), mode),
         ])
     lines = [_title(record, record.kind), "",
              f"band {band.describe()}, verdict on the {mode} estimate · {record.data['batches']['count']} batches · "
@@ -72,7 +73,7 @@ def record_markdown(record: RunRecord, band: Band | None = None, mode: GateMode 
     return "\n".join(lines) + "\n"
 
 
-def regression_markdown(old: RunRecord, new: RunRecord, band: Band | None = None, mode: GateMode = "ci",
+def regression_markdown(old: RunRecord, new: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI,
                         modules: bool = True, rows: list[dict[str, Any]] | None = None) -> str:
     """Baseline vs new as markdown: a warning block for mismatched records, then one row per comparison."""
     band = band or Band()
@@ -97,14 +98,14 @@ def regression_markdown(old: RunRecord, new: RunRecord, band: Band | None = None
     for row in rows:
         total = row["module"] == "*"
         result = row["verdict"]
-        why = row["summary"] if row["summary"].endswith(("(fixed)", "(broken)")) else row["note"]
+        reason = why(row)
         cells.append([
             md_escape(row["branch"]), *([fmt_scale(row["scale"])] if sweep else []), md_escape(row["target"]),
             "**(all)**" if total else "&nbsp;&nbsp;" + md_escape(module_label(row["module"])),
             fmt_ratio(row["old"]) if row["old_verdict"] is not None else "",
             fmt_ratio(row["new"]) if row["new_verdict"] is not None else "",
             fmt_delta(row["delta"]), fmt_ci_pair(row["old_ci"]), fmt_ci_pair(row["new_ci"]),
-            f"**{result}**" if result in ("improved", "regressed") else result, md_escape(why),
+            f"**{result}**" if result in (Change.IMPROVED, Change.REGRESSED) else result, md_escape(reason),
         ])
     lines += _table(header, align, cells)
     if new.kind == "sweep":

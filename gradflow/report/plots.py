@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..gate import Band
 from ..record import RunRecord
+from ..verdicts import Band
 from .sweep import sweep_curves
 
 T = TypeVar("T")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..gate import Band, GateMode, verdict
 from ..record import RunRecord
+from ..verdicts import Band, GateMode, verdict
 from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows
 from .sweep import suggest_scale
 
@@ -15,7 +15,7 @@ _ROW_KEYS = ("branch", "target", "module", "scale", "norm_with", "norm_without",
              "n_batches", "status")
 
 
-def report_data(record: RunRecord, band: Band | None = None, mode: GateMode = "ci", modules: bool = True,
+def report_data(record: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI, modules: bool = True,
                 baseline: RunRecord | None = None) -> dict[str, Any]:
     """A JSON-ready summary of what the other renderers show (numbers copied from the records)."""
     band = band or Band()
@@ -26,9 +26,10 @@ def report_data(record: RunRecord, band: Band | None = None, mode: GateMode = "c
         "source": record.source,
         "kind": record.kind,
         "subject": {"name": subject.get("name"), "preset": subject.get("preset")},
-        "band": {"min_retention": band.min_retention, "max_retention": band.max_retention, "mode": mode},
+        "band": {"min_retention": band.min_retention, "max_retention": band.max_retention,
+                 "mode": str(GateMode(mode))},
         "rows": [
-            {**{k: row.get(k) for k in _ROW_KEYS}, "verdict": verdict(row, band, mode)}
+            {**{k: row.get(k) for k in _ROW_KEYS}, "verdict": verdict(row, band, mode).value}
             for row in record.rows if modules or row["module"] == "*"
         ],
     }

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import GradflowError
-from ..gate import PASSING, Band, GateMode, verdict
 from ..record import RunRecord
+from ..verdicts import Band, GateMode, Verdict, verdict
 
 
 def sweep_curves(record: RunRecord) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -19,13 +19,13 @@ def sweep_curves(record: RunRecord) -> dict[tuple[str, str], list[dict[str, Any]
 
 
 def suggest_scale(record: RunRecord, band: Band | None = None, target: str | None = None,
-                  mode: GateMode = "ci") -> dict[str, Any]:
+                  mode: str | GateMode = GateMode.CI) -> dict[str, Any]:
     """The largest scale whose retention stays inside ``band`` for the whole-target row (module ``"*"``).
 
-    "Stays" means every measured scale from the smallest up to it passes (verdict ``ok`` or ``no effect``
-    in ``mode``; ``ci`` mode requires the whole interval inside the band), so a curve that leaves the band
-    and comes back is not trusted beyond the first failure. With ``target=None`` every target of the
-    record must pass. Returns ``{"branch", "targets", "scale", "retention": {target: value},
+    "Stays" means every measured scale from the smallest up to it has verdict ``ok`` (or ``no effect``,
+    which says nothing against it) in ``mode`` (``ci`` mode: the whole interval inside the band), so a curve
+    that leaves the band and comes back is not trusted beyond the first failure. With ``target=None`` every
+    target of the record must pass. Returns ``{"branch", "targets", "scale", "retention": {target: value},
     "verdicts": {target: verdict}, "message"}``; ``scale`` is ``None`` when even the smallest scale fails.
     """
     band = band or Band()
@@ -48,18 +48,20 @@ def suggest_scale(record: RunRecord, band: Band | None = None, target: str | Non
     best: float | None = None
     failed_at: tuple[float, str, str] | None = None
     for scale in scales:
-        verdicts = {t: verdict(by_scale[t][scale], band, mode) if scale in by_scale[t] else "not measured"
+        verdicts = {t: verdict(by_scale[t][scale], band, mode).value if scale in by_scale[t] else "not measured"
                     for t in targets}
-        bad = [(t, v) for t, v in verdicts.items() if v not in PASSING]
+        # inside the band means the whole interval (ci mode) is; "no effect" (scale 0, or a branch off this
+        # target's path) is no evidence against the scale
+        bad = [(t, v) for t, v in verdicts.items() if v not in (Verdict.OK, Verdict.NO_EFFECT)]
         if bad:
             failed_at = (scale, *bad[0])
             break
         best = scale
     chosen = {t: by_scale[t].get(best) for t in targets} if best is not None else {}
     result: dict[str, Any] = {
-        "branch": branch, "targets": targets, "scale": best, "band": band.describe(), "mode": mode,
+        "branch": branch, "targets": targets, "scale": best, "band": band.describe(), "mode": str(GateMode(mode)),
         "retention": {t: (row["retention"] if row else None) for t, row in chosen.items()},
-        "verdicts": {t: verdict(row, band, mode) for t, row in chosen.items() if row},
+        "verdicts": {t: verdict(row, band, mode).value for t, row in chosen.items() if row},
     }
     names = ", ".join(targets)
     if best is None:

@@ -10,10 +10,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..gate import Band, GateMode, verdict
 from ..record import RunRecord
+from ..verdicts import Band, GateMode, verdict
 from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, measurement_notes, module_label
-from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows
+from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, why
 from .sweep import suggest_scale
 
 VERDICT_STYLE = {
@@ -23,7 +23,7 @@ VERDICT_STYLE = {
 
 
 def retention_table(
-    record: RunRecord, band: Band | None = None, mode: GateMode = "ci", modules: bool = True
+    record: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI, modules: bool = True
 ) -> Table:
     """The retention table: one row per (branch, target) total, then its per-module rows (indented)."""
     band = band or Band()
@@ -47,7 +47,7 @@ def retention_table(
     for row in record.rows:
         if row["module"] != "*" and not modules:
             continue
-        label = verdict(row, band, mode)
+        label = verdict(row, band, mode).value
         # Text() keeps names literal: a module called "[red]x" must not be read as rich markup.
         cells = [Text(row["branch"])]
         if record.kind == "sweep":
@@ -113,7 +113,7 @@ def _columns(header: list[str], right: set[int], rows: list[list[Text | str]]) -
     return lines
 
 
-def bar_view(record: RunRecord, band: Band | None = None, mode: GateMode = "ci") -> Group:
+def bar_view(record: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI) -> Group:
     """The per-module breakdown with a compact bar per layer (compare), or the retention of each whole
     target per scale (sweep), grouped by (branch, target). '│' marks the band's lower bound, '┊' its upper
     bound; bars beyond the axis (at most 2.0) end in '▸'."""
@@ -134,7 +134,7 @@ def bar_view(record: RunRecord, band: Band | None = None, mode: GateMode = "ci")
             rows.append([""])
         rows.append([Text(f"{branch} → {target}", style="bold")])
         for row in group_rows:
-            label = verdict(row, band, mode)
+            label = verdict(row, band, mode).value
             style = VERDICT_STYLE.get(label, "")
             norms = [] if sweep else [fmt_norm(row["norm_with"]), fmt_norm(row["norm_without"])]
             rows.append([Text("  " + (fmt_scale(row["scale"]) if sweep else row["module"])), *norms,
@@ -170,7 +170,7 @@ def notes_text(record: RunRecord) -> list[Text]:
                                                               for w in warnings]
 
 
-def render_record(record: RunRecord, band: Band | None = None, mode: GateMode = "ci",
+def render_record(record: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI,
                   modules: bool = True) -> RenderableType:
     """Everything the terminal shows for one record: the branch x target table, then (compare) the
     per-module breakdown with bars, or (sweep) the table and the retention per scale with the suggestion."""
@@ -214,21 +214,19 @@ def regression_table(rows: list[dict[str, Any]], band: Band, modules: bool = Tru
         if sweep:
             cells.append(fmt_scale(row["scale"]))
         total = row["module"] == "*"
-        why = row["note"]
-        if row["summary"].endswith(("(fixed)", "(broken)")):
-            why += " " + row["summary"].rsplit(" ", 1)[1]
+        reason = why(row)
         cells += [
             Text(row["target"]), Text(module_label(row["module"]) if total else "  " + row["module"]),
             fmt_ratio(row["old"]) if row["old_verdict"] is not None else "",
             fmt_ratio(row["new"]) if row["new_verdict"] is not None else "",
             fmt_delta(row["delta"]), fmt_ci_pair(row["old_ci"]), fmt_ci_pair(row["new_ci"]),
-            Text(row["verdict"], style=REGRESSION_STYLE.get(row["verdict"], "")), Text(why),
+            Text(row["verdict"], style=REGRESSION_STYLE.get(row["verdict"], "")), Text(reason),
         ]
         table.add_row(*cells, style="bold" if total else None)
     return table
 
 
-def render_regression(old: RunRecord, new: RunRecord, band: Band | None = None, mode: GateMode = "ci",
+def render_regression(old: RunRecord, new: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI,
                       modules: bool = True) -> RenderableType:
     """The regression report: warnings (if any), config changes, and the side-by-side table."""
     band = band or Band()

@@ -187,6 +187,7 @@ def make_subject(
     seed: int = 0,
     stage: str | None = None,
     adapters: str | None = None,
+    data: str | None = None,
 ) -> Subject:
     """The ``aaclip`` gradflow subject.
 
@@ -195,7 +196,9 @@ def make_subject(
     state dict, safetensors, or the OpenAI TorchScript ``ViT-L-14-336px.pt``); default random init.
     ``seed`` seeds the model init and the synthetic batches. ``stage``: stage1 | stage2 (default: config).
     ``adapters``: a folder with trained ``text_adapter.pth`` / ``image_adapter.pth`` (and optionally the
-    cross-attention files) to load after the random init.
+    cross-attention files) to load after the random init. ``data``: an MVTec-AD / VisA-style folder
+    (``<class>/test/<defect>/<image>`` with ``<class>/ground_truth/...`` masks) to take batches from, in order;
+    default: deterministic synthetic batches.
     """
     cfg = preset_config(preset)
     merged: dict[str, Any] = {}
@@ -211,11 +214,17 @@ def make_subject(
         loaded = load_adapters(model, adapters, groups=GROUPS)
     config = cfg.to_dict()
     config.update({"seed": seed, "weights": weights, "adapters": adapters, "adapter_groups_loaded": loaded,
-                   "parameter_counts": model.parameter_counts()})
+                   "data": data, "parameter_counts": model.parameter_counts()})
+    if data is not None:
+        from .data import folder_batches, scan_mvtec_folder
+
+        batches = folder_batches(scan_mvtec_folder(data), cfg.image_size, cfg.batch_size)
+    else:
+        batches = synthetic_batches(cfg, seed)
     return Subject(
         model=model,
         loss_fn=AAClipLoss(cfg),
-        batches=synthetic_batches(cfg, seed),
+        batches=batches,
         branches=branches_for(model, cfg.stage),
         targets=targets_for(model, cfg.stage),
         name="aaclip",

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from ._common import bad_input_exits, check_output_path, err_console, fail, out_console
+
 BaselineOpt = Annotated[Path | None, typer.Option(help="Baseline run record: report improvements and regressions.")]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report here.")]
 MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Print markdown tables (for PR comments).")]
@@ -29,9 +31,8 @@ def command(
     modules: ModulesOpt = True,
 ) -> None:
     """Render a run record (terminal table, markdown, HTML) or a regression report against a baseline."""
-    from ..cli import bad_input_exits, check_output_path, err_console, fail, out_console
-    from ..gate import Band
     from ..record import load_run, write_atomic
+    from ..verdicts import Band
 
     if markdown and as_json:
         raise fail("--markdown and --json both print to stdout; choose one.")

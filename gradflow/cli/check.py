@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
+
+from ._common import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, err_console, fail, out_console, progress_reporter
 
 SpecsArg = Annotated[list[Path] | None, typer.Argument(help="Probe specs (default: probes/*.toml).",
                                                        show_default=False)]
@@ -30,8 +33,6 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line
 
 
 def _record_paths(specs: list[Path], out: Path | None) -> dict[Path, Path]:
-    from ..cli import fail
-
     if out is None:
         return {}
     if out.is_dir():
@@ -59,16 +60,15 @@ def command(
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate probe specs; exit 0 pass, 1 a threshold, preflight or regression check failed, 2 bad input."""
-    from rich.text import Text
-
-    from ..cli import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, err_console, fail, out_console, progress_reporter
     from ..errors import GradflowError
-    from ..gate import check_mode
-    from ..spec import discover_specs, evaluate, load_spec
+    from ..evaluation import evaluate
+    from ..report.check import spec_renderables
+    from ..spec import discover_specs, load_spec
+    from ..verdicts import gate_mode
 
     try:
         if gate is not None:
-            check_mode(gate)
+            gate_mode(gate)
         paths = list(specs) if specs else discover_specs()
         loaded = [load_spec(p) for p in paths]  # every spec is validated before anything is measured
     except GradflowError as exc:
@@ -87,7 +87,7 @@ def command(
         if quiet:
             (out_console if result.error is None else err_console).print(Text(result.summary()), soft_wrap=True)
         else:
-            for item in result.renderables():
+            for item in spec_renderables(result):
                 out_console.print(item)
             if spec.path in record_paths and result.record is not None:
                 out_console.print(Text(f"run record written to {record_paths[spec.path]}", style="dim"))

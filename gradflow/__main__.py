@@ -1,0 +1,5 @@
+"""``python -m gradflow``: the ``gradflow`` command."""
+
+from gradflow.cli import main
+
+main()

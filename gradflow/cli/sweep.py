@@ -1,0 +1,66 @@
+"""`gradflow sweep`: retention as a function of a branch's output scale."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    AdaptersOpt,
+    BatchesOpt,
+    DataOpt,
+    JsonOpt,
+    MaxOpt,
+    MinOpt,
+    OutOpt,
+    PresetOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+    SubjectOpt,
+    WeightsOpt,
+    bad_input_exits,
+    check_output_path,
+    emit,
+    fail,
+    load,
+    parse_overrides,
+    progress_reporter,
+)
+
+
+def command(
+    branch: Annotated[str, typer.Option(help="Branch whose output is scaled.")],
+    scales: Annotated[str, typer.Option(help="Comma-separated scales.")] = "0,0.05,0.1,0.2,0.5,1",
+    subject: SubjectOpt = "aaclip",
+    preset: PresetOpt = None,
+    target: Annotated[list[str] | None, typer.Option(help="Target to measure (repeatable).")] = None,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    set_: SetOpt = None,
+    weights: WeightsOpt = None,
+    adapters: AdaptersOpt = None,
+    data: DataOpt = None,
+    out: OutOpt = None,
+    min_retention: MinOpt = 0.8,
+    max_retention: MaxOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retention as a function of the branch's output scale (norm at scale s / norm with it zeroed)."""
+    from ..measure import sweep
+    from ..verdicts import Band
+
+    try:
+        scale_values = [float(s) for s in scales.split(",") if s.strip()]
+    except ValueError:
+        raise fail(f"--scales must be comma-separated numbers, got {scales!r}.") from None
+    overrides = parse_overrides(set_)
+    check_output_path(out)
+    with bad_input_exits():
+        band = Band(min_retention, max_retention)
+        sub = load(subject, preset, overrides, weights, adapters, data)
+        with progress_reporter(quiet or as_json, "passes") as progress:
+            record = sweep(sub, branch, scale_values, batches=batches, targets=target, seed=seed, progress=progress)
+        emit(record, out, quiet, as_json, band)

@@ -1,1 +1,0 @@
-"""CLI commands that live outside cli.py, one module each (``command`` is the typer function)."""
