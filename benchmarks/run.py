@@ -22,8 +22,9 @@ from torch import nn
 import gradflow as gf
 from benchmarks.timing import child_peak_rss, interleaved, paired_ratios
 from benchmarks.workloads import make_steps, plain_pass
+from gradflow.files import write_atomic
 from gradflow.norms import to_floats, vector_norms
-from gradflow.record import environment, write_atomic
+from gradflow.record import environment
 from gradflow.subjects.aaclip import make_subject
 
 ROOT = Path(__file__).resolve().parent.parent

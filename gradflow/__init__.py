@@ -32,6 +32,7 @@ _EXPORTS = {
     "load_run": "record",
     "parameters_of": "select",
     "select_modules": "select",
+    "subject_factory": "subjects.registry",
     "Branch": "subject",
     "Subject": "subject",
     "Target": "subject",
@@ -61,3 +62,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .record import RunRecord, load_run
     from .select import parameters_of, select_modules
     from .subject import Branch, Subject, Target
+    from .subjects.registry import subject_factory

@@ -6,12 +6,12 @@ Rendering of a :class:`SpecResult` is in :mod:`gradflow.report.check`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .comparison import change_intervals
 from .errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, GradflowError
 from .gate import Check, baseline_checks, gate_row
 from .spec import Spec, SpecError, load_spec
@@ -61,11 +61,9 @@ class SpecResult:
         head += f"{failed} of {len(self.checks)} checks failed" if failed else f"all {len(self.checks)} checks passed"
         return head + f" (gate: {self.mode})"
 
-def _ensure_import_paths(spec: Spec) -> None:
-    """User subjects (``module:factory``) resolve from the current folder, then the spec's folder."""
-    for folder in (str(Path.cwd()), str(spec.path.parent.resolve())):
-        if folder not in sys.path:
-            sys.path.append(folder)
+def subject_roots(spec: Spec) -> list[Path]:
+    """Where a spec's ``module:factory`` is looked for after the installed packages: its folder, the current one."""
+    return [spec.path.parent.resolve(), Path.cwd()]
 
 
 def build_subject(spec: Spec, preset: str | None = None, seed: int | None = None) -> Any:
@@ -74,7 +72,6 @@ def build_subject(spec: Spec, preset: str | None = None, seed: int | None = None
     from .subject import Branch
     from .subjects.registry import load_subject
 
-    _ensure_import_paths(spec)
     if spec.weights is not None and not spec.weights.exists():
         raise SpecError(f"{spec.path}: subject.weights: {spec.weights} does not exist (relative to the spec's "
                         "folder).")
@@ -83,7 +80,7 @@ def build_subject(spec: Spec, preset: str | None = None, seed: int | None = None
                    weights=None if spec.weights is None else str(spec.weights),
                    seed=spec.subject_seed if seed is None else seed)
     try:
-        subject = load_subject(spec.subject, **options)
+        subject = load_subject(spec.subject, roots=subject_roots(spec), **options)
     except SubjectError as exc:
         raise SpecError(f"{spec.path}: subject: {exc}") from None
     for name, branch in spec.extra_branches.items():
@@ -107,7 +104,7 @@ def evaluate(
     spec: Spec | str | Path,
     *,
     preset: str | None = None,
-    batches: int | None = None,
+    batches: int | str | None = None,
     gate: str | GateMode | None = None,
     progress: Callable[[int, int], None] | None = None,
     subject: Any = None,
@@ -133,7 +130,7 @@ def evaluate(
     return result
 
 
-def _run(spec: Spec, result: SpecResult, subject: Any, batches: int | None,
+def _run(spec: Spec, result: SpecResult, subject: Any, batches: int | str | None,
          progress: Callable[[int, int], None] | None) -> None:
     from . import preflight
     from .measure import compare
@@ -161,7 +158,8 @@ def _run(spec: Spec, result: SpecResult, subject: Any, batches: int | None,
                         f"{old.data['subject'].get('name')!r}, this spec's subject is {subject.name!r}.")
     result.checks.extend(preflight.static_checks(spec, subject, rebuild=lambda s: build_subject(spec, result.preset,
                                                                                                 s)))
-    record = compare(subject, batches=batches or spec.batches, branches=list(spec.branches),
+    record = compare(subject, batches=batches or spec.batches, max_batches=spec.max_batches,
+                     precision=spec.precision, band_for=lambda row: band_of(spec, row), branches=list(spec.branches),
                      targets=list(spec.targets), seed=spec.seed, confidence=spec.confidence, progress=progress)
     result.record = record
     if spec.reachable:
@@ -170,21 +168,22 @@ def _run(spec: Spec, result: SpecResult, subject: Any, batches: int | None,
     result.checks.extend(gate_row(row, band, result.mode) for row, band in gated)
     if old is not None:
         keys = [(row["branch"], row["target"], row["module"]) for row, _ in gated]
+        interval, _ = change_intervals(old, record)
         result.checks.extend(baseline_checks(old, record, keys, spec.band, result.mode, spec.tolerance,
-                                             spec.direction))
+                                             spec.direction, interval=interval))
+
+
+def band_of(spec: Spec, row: dict[str, Any]) -> Band | None:
+    """The band a spec gates ``row`` with (``None``: the row is not gated)."""
+    if row["module"] == "*":
+        return spec.band
+    matching = [t for t in spec.module_thresholds if t.matches(row)]
+    if matching:
+        return matching[-1].band
+    return spec.band if spec.per_module else None
 
 
 def gated_rows(spec: Spec, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Band]]:
     """The rows the spec gates, each with its band: totals with the main band; per-module rows under a
     matching ``[[thresholds.modules]]`` entry (the last match wins) or, with ``per_module``, the main band."""
-    out = []
-    for row in rows:
-        if row["module"] == "*":
-            out.append((row, spec.band))
-            continue
-        matching = [t for t in spec.module_thresholds if t.matches(row)]
-        if matching:
-            out.append((row, matching[-1].band))
-        elif spec.per_module:
-            out.append((row, spec.band))
-    return out
+    return [(row, band) for row in rows if (band := band_of(spec, row)) is not None]

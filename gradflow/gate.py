@@ -21,13 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .comparison import unpaired_interval
 from .verdicts import (
     DEFAULT_TOLERANCE,
     Band,
     Change,
     GateMode,
     Verdict,
-    change_interval,
     finite,
     judge_change,
     passes,
@@ -52,6 +52,10 @@ def explain(row: dict[str, Any], band: Band, mode: str | GateMode, label: Verdic
     if label in (Verdict.NO_GRAD, Verdict.NOT_RUN, Verdict.UNDEFINED, Verdict.NON_FINITE):
         return row.get("note") or label.value
     value = f"retention {_fmt(row['retention'])}"
+    if label is Verdict.UNCERTAIN and row.get("ci_low") is None:
+        return (f"{value}: one batch has no interval, so the band {band.describe()} cannot be decided; run with "
+                "--batches auto or more batches" + (" (passes in ci mode)" if GateMode(mode) is GateMode.CI
+                                                    else f" (fails in {mode} mode)"))
     if row.get("ci_low") is not None:
         value += f", CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
     where = {Verdict.OK: "inside", Verdict.STARVED: "below", Verdict.FLOODED: "above",
@@ -59,7 +63,8 @@ def explain(row: dict[str, Any], band: Band, mode: str | GateMode, label: Verdic
     text = f"{value} {where} the band {band.describe()}"
     if label is Verdict.UNCERTAIN:
         mode = GateMode(mode)
-        text += " (passes in ci mode)" if mode is GateMode.CI else f" (fails in {mode} mode)"
+        text += (f": {row.get('n_batches', '?')} batches cannot decide; run with --batches auto or more batches"
+                 + (" (passes in ci mode)" if mode is GateMode.CI else f" (fails in {mode} mode)"))
     return text
 
 
@@ -83,12 +88,12 @@ def gate_row(row: dict[str, Any], band: Band, mode: str | GateMode = GateMode.CI
 
 def baseline_checks(old: Any, new: Any, keys: Sequence[RowKey], band: Band, mode: str | GateMode = GateMode.CI,
                     tolerance: float = DEFAULT_TOLERANCE, direction: str = "down",
-                    interval: IntervalFn | None = change_interval) -> list[Check]:
+                    interval: IntervalFn | None = unpaired_interval) -> list[Check]:
     """Compare the gated rows (``(branch, target, module)`` keys) of ``new`` against the baseline ``old``.
 
     The change of each row is judged by :func:`gradflow.verdicts.judge_change` with the spec's
-    ``tolerance`` (``interval(old_row, new_row)`` gives the confidence interval of the change; by default
-    from the two rows' own intervals).
+    ``tolerance`` (``interval(old_row, new_row)`` gives the confidence interval of the change: see
+    :func:`gradflow.comparison.change_intervals`; by default from the two rows' own intervals).
     A row fails when its retention dropped beyond the tolerance (``direction = "both"``: moved beyond it
     either way), or when it was measurable in the baseline and is not now. A row absent from the baseline
     is reported and passes.
@@ -115,10 +120,11 @@ def baseline_checks(old: Any, new: Any, keys: Sequence[RowKey], band: Band, mode
             continue
         judged = judge_change(old_row, new_row, band, mode, tolerance,
                               interval(old_row, new_row) if interval is not None else None)
-        dropped = judged.change is not Change.UNCHANGED and after < before
-        rose = judged.change is not Change.UNCHANGED and after > before
+        real = judged.change not in (Change.UNCHANGED, Change.UNCERTAIN)
+        dropped = real and after < before
+        rose = real and after > before
         failed = dropped or (rose and direction == "both")
-        label = Change.REGRESSED if dropped else (Change.DRIFTED if rose else Change.UNCHANGED)
+        label = Change.REGRESSED if dropped else (Change.DRIFTED if rose else judged.change)
         detail = f"retention {before:.3f} -> {after:.3f} ({judged.note}; tolerance {tolerance:g}, {direction})"
         checks.append(Check("baseline", name, not failed, detail, label.value, new_row))
     return checks

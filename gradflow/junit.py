@@ -61,7 +61,7 @@ def junit_tree(results: list[Any]) -> ET.ElementTree:
 
 def write_junit(results: list[Any], path: str | Path) -> Path:
     """Write the JUnit XML of ``results`` to ``path`` atomically."""
-    from .record import write_atomic
+    from .files import write_atomic
 
     text = ET.tostring(junit_tree(results).getroot(), encoding="unicode", xml_declaration=False)
     return write_atomic(path, '<?xml version="1.0" encoding="utf-8"?>\n' + text + "\n")

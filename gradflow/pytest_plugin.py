@@ -42,7 +42,8 @@ def gradflow_subject() -> Any:
         from gradflow.subjects.registry import load_subject
 
         values = {str(k): str(v) for k, v in (overrides or {}).items()}
-        return load_subject(name, preset=preset, overrides=values, seed=seed, weights=weights, **options)
+        return load_subject(name, roots=[Path.cwd()], preset=preset, overrides=values, seed=seed, weights=weights,
+                            **options)
 
     return factory
 

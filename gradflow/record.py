@@ -14,29 +14,25 @@ import json
 import math
 import os
 import platform
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RecordError
+from .files import FileError, read_text_capped, write_atomic
+from .record_schema import SCHEMA, SCHEMA_VERSION, validate
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from .subject import Subject
 
-SCHEMA = "gradflow/run-record"
-SCHEMA_VERSION = 1
+#: How the retention intervals of a record are computed (docs/intervals.md).
+INTERVAL_METHOD = "jackknife-log-t: log of the ratio of means, jackknife standard error, Student t with N-1 df"
 TABLE_COLUMNS = [
     "branch", "target", "module", "norm_with", "norm_without", "retention",
     "ci_low", "ci_high", "n_batches",
 ]
-_REQUIRED_KEYS = ("schema", "schema_version", "kind", "subject", "seed", "branches", "targets",
-                  "passes", "retention")
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
 def json_safe(value: Any) -> Any:
     """``value`` with non-finite floats as the strings record files use ('NaN', 'Infinity', '-Infinity')."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -46,27 +42,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
-
-
-_ROW_FLOATS = ("norm_with", "norm_without", "retention", "ci_low", "ci_high")
-
-
-def _number(value: Any) -> Any:
-    return _NON_FINITE.get(value, value) if isinstance(value, str) else value
-
-
-def _decode_numbers(data: dict[str, Any]) -> dict[str, Any]:
-    """Turn the non-finite markers back into floats, only in numeric fields (names stay strings)."""
-    for row in data.get("retention", []):
-        for key in _ROW_FLOATS:
-            row[key] = _number(row.get(key))
-        row["per_batch"] = [_number(v) for v in row.get("per_batch", [])]
-    for entry in data.get("passes", []):
-        entry["loss"] = _number(entry.get("loss"))
-        for norms in entry.get("norms", {}).values():
-            for module in norms:
-                norms[module] = _number(norms[module])
-    return data
 
 
 def environment() -> dict[str, Any]:
@@ -120,6 +95,7 @@ def build_record(
     batch_seeds: list[int],
     elapsed_s: float,
     measurement: Mapping[str, Any] | None = None,
+    batch_rule: Mapping[str, Any] | None = None,
 ) -> RunRecord:
     """Assemble a :class:`RunRecord` from the measurement layer's results."""
     data = {
@@ -139,7 +115,10 @@ def build_record(
         },
         "seed": seed,
         "confidence": confidence,
-        "batches": {"count": n_batches, "pass_seeds": batch_seeds},
+        "batches": {"count": n_batches, "pass_seeds": batch_seeds,
+                    "rule": dict(batch_rule or {"rule": "fixed", "confidence": confidence})},
+        "interval": {"method": INTERVAL_METHOD,
+                     "confidence": (batch_rule or {}).get("look_confidence", confidence)},
         "branches": dict(branches),
         "targets": dict(targets),
         "settings": [
@@ -152,15 +131,14 @@ def build_record(
         "retention": rows,
     }
     # A JSON round trip makes the in-memory record identical to what load_run() returns.
-    return RunRecord(_decode_numbers(json.loads(json.dumps(json_safe(data), allow_nan=False))))
+    return RunRecord(json.loads(json.dumps(json_safe(data), allow_nan=False)))
 
 
 class RunRecord:
     """A run record: what one ``compare`` or ``sweep`` measured, with accessors for the results."""
 
     def __init__(self, data: dict[str, Any], source: str | None = None):
-        _validate(data, source)
-        self.data = data
+        self.data = validate(data, source)
         self.source = source
 
     # -- accessors ---------------------------------------------------------------------------------
@@ -204,6 +182,29 @@ class RunRecord:
             + (f", scale {scale:g}" if scale is not None else "")
             + f". It measured branches {branches} and targets {targets}."
         )
+
+    def samples(self, row: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+        """The per-batch norms ``(with, without)`` behind a row, from the record's passes.
+
+        ``None`` when the passes do not hold them, or when they do not reproduce the row's retention (a row
+        edited by hand, or a record put together from pieces: nothing is paired on numbers it did not see).
+        """
+        numerator, denominator = row.get("numerator"), row.get("denominator")
+        by_setting: dict[str, list[float | None]] = {numerator: [], denominator: []}
+        for entry in self.data["passes"]:
+            if entry["setting"] in by_setting:
+                value = entry["norms"].get(row["target"], {}).get(row["module"])
+                by_setting[entry["setting"]].append(value)
+        x, y = by_setting[numerator], by_setting[denominator]
+        if not x or len(x) != len(y) or len(x) != row.get("n_batches") or any(v is None for v in (*x, *y)):
+            return None
+        retention = row.get("retention")
+        denominator_mean = math.fsum(y) / len(y)  # type: ignore[arg-type]
+        if not isinstance(retention, float) or denominator_mean == 0:
+            return None
+        if not math.isclose(math.fsum(x) / len(x) / denominator_mean, retention, rel_tol=1e-9):  # type: ignore[arg-type]
+            return None
+        return x, y  # type: ignore[return-value]
 
     def retention(self, branch: str, target: str, module: str = "*", scale: float | None = None) -> float:
         """Ratio of mean gradient norms with / without ``branch`` for ``target`` (NaN if undefined)."""
@@ -267,68 +268,20 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    target = Path(path)
-    if target.parent and not target.parent.exists():
-        raise RecordError(f"cannot write {target}: the folder {target.parent} does not exist. Create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give it an ordinary new file's mode
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def _validate(data: Any, source: str | None) -> None:
-    where = f" in {source}" if source else ""
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise RecordError(
-            f"not a gradflow run record{where}: expected a JSON object with \"schema\": \"{SCHEMA}\". "
-            "Pass a file written by `gradflow compare --out` or RunRecord.save()."
-        )
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise RecordError(
-            f"run record{where} has schema_version {version!r}; this gradflow reads version {SCHEMA_VERSION}. "
-            "Re-run the measurement with this gradflow version, or read it with the version that wrote it."
-        )
-    missing = [k for k in _REQUIRED_KEYS if k not in data]
-    if missing:
-        raise RecordError(f"run record{where} is incomplete: missing keys {missing}. The file may be truncated.")
-    if not isinstance(data["retention"], list) or not all(isinstance(r, dict) for r in data["retention"]):
-        raise RecordError(f"run record{where}: 'retention' must be a list of row objects.")
-    if not isinstance(data["passes"], list) or not all(
-        isinstance(p, dict) and isinstance(p.get("norms"), dict) for p in data["passes"]
-    ):
-        raise RecordError(f"run record{where}: 'passes' must be a list of objects with a 'norms' object.")
-    for index, row in enumerate(data["retention"]):
-        absent = [c for c in (*TABLE_COLUMNS, "scale", "status") if c not in row]
-        if absent:
-            raise RecordError(f"run record{where}: retention row {index} lacks {absent}.")
-
-
 def load_run(path: str | os.PathLike[str]) -> RunRecord:
-    """Read and validate a run record; a missing, corrupt or foreign file raises :class:`RecordError`."""
+    """Read and validate a run record; a missing, corrupt, oversized or foreign file raises :class:`RecordError`.
+
+    Version 1 records are migrated (see :mod:`gradflow.record_schema`).
+    """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_text_capped(file)
     except FileNotFoundError:
         raise RecordError(f"run record {file} does not exist. Check the path, or create it with --out.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecordError(f"cannot read run record {file}: {exc}.") from None
+    except FileError as exc:
+        raise RecordError(f"cannot read run record: {exc}") from None
+    except OSError as exc:
+        raise RecordError(f"cannot read run record {file}: {exc.strerror or exc}.") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -336,5 +289,6 @@ def load_run(path: str | os.PathLike[str]) -> RunRecord:
             f"run record {file} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
             "the file is corrupt or was not written by gradflow."
         ) from None
-    _validate(data, str(file))
-    return RunRecord(_decode_numbers(data), source=str(file))
+    except (RecursionError, ValueError) as exc:
+        raise RecordError(f"run record {file} cannot be parsed as a record ({type(exc).__name__}).") from None
+    return RunRecord(data, source=str(file))

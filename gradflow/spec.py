@@ -12,7 +12,9 @@ Format (every key but ``subject.name``, ``branches`` and ``targets`` is optional
     description = "Stage-2 cross-attention must not starve the image adapter"
     branches = ["image_cross_attn"]        # names the subject defines, or a table name -> selector
     targets = ["image_adapter"]            # (a selector string or {selector, mode, scale} for branches)
-    batches = 4                            # default: the subject's default
+    batches = "auto"                       # or a whole number; "auto" (the default) adds batches until every
+    max_batches = 24                       #   gated verdict is decided, up to max_batches
+    precision = 0.05                       # with "auto": also stop once every gated interval is this narrow
     seed = 0                               # seed of the passes and the bootstrap
     confidence = 0.95                      # of the bootstrap interval
 
@@ -69,7 +71,8 @@ class SpecError(GradflowError):
 
 
 # ------------------------------------------------------------------------------------------ schema
-_TOP = {"description", "branches", "targets", "batches", "seed", "confidence", "subject", "thresholds",
+_TOP = {"description", "branches", "targets", "batches", "max_batches", "precision", "seed", "confidence", "subject",
+        "thresholds",
         "baseline", "preflight"}
 _SUBJECT = {"name", "preset", "seed", "weights", "set", "options", "paths"}
 _THRESHOLDS = {"min_retention", "max_retention", "gate", "per_module", "modules"}
@@ -115,7 +118,9 @@ class Spec:
     options: dict[str, Any] = field(default_factory=dict)
     extra_branches: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra_targets: dict[str, Any] = field(default_factory=dict)
-    batches: int | None = None
+    batches: int | str = "auto"
+    max_batches: int | None = None
+    precision: float | None = None
     seed: int = 0
     confidence: float = 0.95
     band: Band = field(default_factory=Band)
@@ -282,6 +287,22 @@ def _groups(reader: _Reader, key: str, branches: bool) -> tuple[list[str], dict[
     return list(extra), extra
 
 
+def _batches(reader: _Reader) -> int | str:
+    value = reader.data.get("batches", "auto")
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise reader.error("batches", f"expected a whole number of at least 1 or \"auto\", got {value!r}.")
+    return value
+
+
+def _precision(reader: _Reader) -> float | None:
+    value = reader.number("precision")
+    if value is not None and value <= 0:
+        raise reader.error("precision", f"must be a positive interval width, got {value:g}.")
+    return value
+
+
 def parse_spec(data: dict[str, Any], path: Path) -> Spec:
     """Validate the parsed TOML ``data`` of the spec file ``path``."""
     top = _Reader(path, data, "", _TOP)
@@ -346,7 +367,8 @@ def parse_spec(data: dict[str, Any], path: Path) -> Spec:
         weights=None if weights is None else path.parent / weights,
         overrides=overrides, options={**subject.table("options"), **_paths(subject, path)},
         extra_branches=extra_branches, extra_targets=extra_targets,
-        batches=top.integer("batches", None, minimum=1), seed=top.integer("seed", 0), confidence=confidence,
+        batches=_batches(top), max_batches=top.integer("max_batches", None, minimum=2),
+        precision=_precision(top), seed=top.integer("seed", 0), confidence=confidence,
         band=band, gate=GateMode(gate), per_module=thresholds.boolean("per_module", False),
         module_thresholds=module_thresholds, baseline=record, tolerance=tolerance, direction=direction,
         preflight_config=dict(expected_config), preflight_model=dict(expected_model),

@@ -140,7 +140,7 @@ class Subject:
     config: Mapping[str, Any] = field(default_factory=dict)
     default_branches: Sequence[str] | None = None
     default_targets: Sequence[str] | None = None
-    default_batches: int | None = None
+    default_batches: int | str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):

@@ -76,8 +76,9 @@ class Change(StrEnum):
 
     IMPROVED = "improved"
     REGRESSED = "regressed"
-    DRIFTED = "drifted"  # moved beyond the tolerance in the direction a baseline check does not call worse
+    DRIFTED = "drifted"  # a real change that stays inside the band either way
     UNCHANGED = "unchanged"
+    UNCERTAIN = "uncertain"  # the interval of the change reaches both inside and beyond the tolerance
     ADDED = "added"
     REMOVED = "removed"
 
@@ -152,15 +153,19 @@ def verdict(row: Any, band: Band, mode: str | GateMode = GateMode.CI) -> Verdict
     """The verdict of one retention row against ``band``.
 
     ``ok`` inside the band; ``starved`` below it; ``flooded`` above it; ``uncertain`` when (in ``ci`` and
-    ``strict`` mode) the confidence interval straddles a bound; otherwise the row's status as a verdict.
-    Without an interval (one batch) the point estimate decides.
+    ``strict`` mode) the confidence interval straddles a bound, or there is no interval (one batch);
+    otherwise the row's status as a verdict. ``point`` mode judges the point estimate.
     """
     status = RowStatus(row["status"])
     if status is not RowStatus.OK:
         return STATUS_VERDICT[status]
     value = row["retention"]
-    point = GateMode(mode) is GateMode.POINT or row.get("ci_low") is None
-    low, high = (value, value) if point else (row["ci_low"], row["ci_high"])
+    if GateMode(mode) is GateMode.POINT:
+        low = high = value
+    elif row.get("ci_low") is None:
+        return Verdict.UNCERTAIN
+    else:
+        low, high = row["ci_low"], row["ci_high"]
     lower, upper = band.min_retention, band.max_retention
     if lower is not None and high < lower:
         return Verdict.STARVED
@@ -194,18 +199,6 @@ def finite(value: Any) -> float | None:
     return float(value)
 
 
-def change_interval(old_row: Any, new_row: Any) -> tuple[float, float] | None:
-    """Confidence interval of ``new - old`` retention from the two rows' own intervals (independent runs)."""
-    from .stats import mover_difference
-
-    old, new = finite(old_row.get("retention")), finite(new_row.get("retention"))
-    old_ci = (finite(old_row.get("ci_low")), finite(old_row.get("ci_high")))
-    new_ci = (finite(new_row.get("ci_low")), finite(new_row.get("ci_high")))
-    if old is None or new is None or None in old_ci or None in new_ci:
-        return None
-    return mover_difference(new, new_ci, old, old_ci)  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True)
 class ChangeJudgement:
     """The judgement of one row between two runs."""
@@ -227,12 +220,12 @@ def judge_change(
     """The one rule for a row between two runs (regression report and baseline gate alike).
 
     ``interval`` is a confidence interval of ``new - old`` retention (paired by batch when the runs share
-    their batches). A change is real when that interval lies wholly beyond ``±tolerance`` (``point`` mode:
-    when the point difference does; ``strict``: when any part does); without an interval, when
-    ``|new - old| > tolerance``. A real change is judged against the band: a better band verdict is
-    ``improved``, a worse one ``regressed``; with equal verdicts, moving closer to the band is ``improved``,
-    farther ``regressed``, and inside the band either way ``drifted``. Rows without a retention (no grad,
-    ...) are judged by their verdicts alone.
+    their batches). ``ci`` mode: the change is real when that interval lies wholly beyond ``±tolerance``,
+    none when it lies wholly within, and ``uncertain`` otherwise (also without an interval); ``strict``: real
+    when any part lies beyond; ``point``: when ``|new - old| > tolerance``. A real change is judged against
+    the band: a better band verdict is ``improved``, a worse one ``regressed``; with equal verdicts, moving
+    closer to the band is ``improved``, farther ``regressed``, and inside the band either way ``drifted``.
+    Rows without a retention (no grad, ...) are judged by their verdicts alone.
     """
     mode = GateMode(mode)
     old_v, new_v = verdict(old_row, band, mode), verdict(new_row, band, mode)
@@ -250,17 +243,24 @@ def judge_change(
         note = "" if old_v == new_v else f"was {old_v}, now {new_v}"
         return ChangeJudgement(Change.UNCHANGED, Transition.NONE, note, None)
     delta = new - old
-    if interval is not None and mode is not GateMode.POINT:
-        low, high = interval
-        shown = f"change {delta:+.3f}, CI [{low:+.3f}, {high:+.3f}]"
-        # ci: the whole interval beyond the tolerance; strict: any part of it
-        real = (low > tolerance or high < -tolerance) if mode is GateMode.CI else (high > tolerance or low < -tolerance)
-    else:
+    if mode is GateMode.POINT:
         shown = f"change {delta:+.3f}"
         real = abs(delta) > tolerance
-    if not real:
-        return ChangeJudgement(Change.UNCHANGED, Transition.NONE, f"{shown}: no change beyond ±{tolerance:g} shown",
+    elif interval is None:
+        return ChangeJudgement(Change.UNCERTAIN, Transition.NONE,
+                               f"change {delta:+.3f} without an interval (one batch): cannot tell; run more batches",
                                delta)
+    else:
+        low, high = interval
+        shown = f"change {delta:+.3f}, CI [{low:+.3f}, {high:+.3f}]"
+        if mode is GateMode.CI and not (low > tolerance or high < -tolerance):
+            if -tolerance <= low and high <= tolerance:
+                return ChangeJudgement(Change.UNCHANGED, Transition.NONE, f"{shown} within ±{tolerance:g}", delta)
+            return ChangeJudgement(Change.UNCERTAIN, Transition.NONE,
+                                   f"{shown} reaches beyond ±{tolerance:g}: cannot tell; run more batches", delta)
+        real = high > tolerance or low < -tolerance
+    if not real:
+        return ChangeJudgement(Change.UNCHANGED, Transition.NONE, f"{shown} within ±{tolerance:g}", delta)
     if _rank(new_v, mode) != _rank(old_v, mode):
         better = _rank(new_v, mode) < _rank(old_v, mode)
         return ChangeJudgement(Change.IMPROVED if better else Change.REGRESSED, transition,

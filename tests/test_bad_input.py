@@ -88,6 +88,6 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, fragment):
 
 def test_cli_unknown_subject_and_missing_out_folder(tmp_path):
     result = CliRunner().invoke(app, ["compare", "--subject", "nosuch"])
-    assert result.exit_code == 2 and "Built-in subjects: aaclip" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "Built-in and installed subjects: aaclip" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["compare", "--subject", TOY, "--out", str(tmp_path / "no" / "run.json")])
     assert result.exit_code == 2 and "does not exist" in result.output

@@ -65,9 +65,11 @@ def _loaded_factory(tmp_path: Path) -> None:
 
         import torch
 
+        import gradflow as gf
         from tests.toy_subject import make_subject as _base
 
 
+        @gf.subject_factory
         def make_subject(preset=None, seed=0, overrides=None):
             subject = _base(preset, seed, overrides)
             state = torch.load(Path(__file__).with_name("adapters.pt"), weights_only=True)
@@ -75,6 +77,7 @@ def _loaded_factory(tmp_path: Path) -> None:
             return subject
 
 
+        @gf.subject_factory
         def no_seed(preset=None, overrides=None):
             return make_subject(preset, 0, overrides)
         '''))

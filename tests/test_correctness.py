@@ -43,7 +43,10 @@ def test_compare_matches_model_switch(branch, dropout):
         assert rel_err(record.retention("cross", "adapter", f"blocks.{i}.adapter"), w / wo) < TOL
 
 
-def test_bootstrap_ci_matches_independent_resampling():
+def test_interval_matches_independent_jackknife():
+    """The retention interval: jackknife SE of log(mean with / mean without), Student t with N-1 df."""
+    from scipy import stats
+
     net = make_net()
     batches = make_batches(5)
     record = gf.compare(net, mse, batches, branches={"cross": "blocks.*.cross.inner"},
@@ -52,12 +55,14 @@ def test_bootstrap_ci_matches_independent_resampling():
     w = np.array([reference_norm(net, b, adapter_params(net), s) for b, s in zip(batches, seeds, strict=True)])
     wo = np.array([reference_norm(net, b, adapter_params(net), s, enabled=False)
                    for b, s in zip(batches, seeds, strict=True)])
-    idx = np.random.default_rng(11).integers(0, 5, size=(2000, 5))
-    ratios = w[idx].mean(1) / wo[idx].mean(1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
+    leave_out = [np.log(np.delete(w, i).mean() / np.delete(wo, i).mean()) for i in range(5)]
+    se = np.sqrt(4 / 5 * np.sum((np.array(leave_out) - np.mean(leave_out)) ** 2))
+    center = np.log(w.mean() / wo.mean())
+    t = stats.t.ppf(0.975, 4)
     got_low, got_high = record.ci("cross", "adapter")
-    assert rel_err(got_low, low) < TOL and rel_err(got_high, high) < TOL
+    assert rel_err(got_low, np.exp(center - t * se)) < TOL and rel_err(got_high, np.exp(center + t * se)) < TOL
     assert got_low <= record.retention("cross", "adapter") <= got_high
+    assert record.data["interval"]["method"].startswith("jackknife-log-t")
 
 
 def test_scale_mode_and_sweep_match_model_factor():

@@ -29,7 +29,9 @@ BAND = Band(0.8)
         (row(0.75, 0.70, 0.85), "strict", "uncertain", False),  # ... fails in strict mode
         (row(0.75, 0.70, 0.85), "point", "starved", False),    # point below the band
         (row(0.85, 0.70, 0.90), "point", "ok", True),
-        (row(0.75), "ci", "starved", False),                   # one batch: no CI, the point decides
+        (row(0.75), "ci", "uncertain", True),                  # one batch: no interval, cannot decide
+        (row(0.75), "strict", "uncertain", False),
+        (row(0.75), "point", "starved", False),                # ... the point estimate decides in point mode
         (row(1.0, 1.0, 1.0, status="no_effect"), "ci", "no effect", False),
         (row(None, status="no_grad"), "ci", "no grad", False),
         (row(None, status="undefined"), "point", "undefined", False),
@@ -93,8 +95,11 @@ def test_one_change_rule_for_report_and_gate():
     old = row(0.40, 0.35, 0.45)
     fixed = judge_change(old, row(0.95, 0.93, 0.97), BAND, "ci", 0.05, interval=(0.50, 0.60))
     assert (fixed.change, fixed.transition) == (Change.IMPROVED, Transition.FIXED)
-    within = judge_change(old, row(0.42, 0.37, 0.47), BAND, "ci", 0.05, interval=(-0.05, 0.09))
+    within = judge_change(old, row(0.42, 0.37, 0.47), BAND, "ci", 0.05, interval=(-0.03, 0.04))
     assert within.change is Change.UNCHANGED and within.transition is Transition.NONE
+    unclear = judge_change(old, row(0.42, 0.37, 0.47), BAND, "ci", 0.05, interval=(-0.05, 0.09))
+    assert unclear.change is Change.UNCERTAIN and "cannot tell" in unclear.note
+    assert judge_change(old, row(0.42), BAND, "ci", 0.05).change is Change.UNCERTAIN  # no interval at all
     broken = judge_change(row(0.95, 0.93, 0.97), old, BAND, "ci", 0.05, interval=(-0.60, -0.50))
     assert (broken.change, broken.transition) == (Change.REGRESSED, Transition.BROKEN)
     drift = judge_change(row(0.95), row(1.30), BAND, "point", 0.05)

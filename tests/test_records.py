@@ -66,7 +66,7 @@ def test_non_finite_values_survive_as_strict_json(tmp_path):
         ("{not json", "not valid JSON"),
         ('{"hello": 1}', "not a gradflow run record"),
         ('{"schema": "gradflow/run-record", "schema_version": 99}', "schema_version 99"),
-        ('{"schema": "gradflow/run-record", "schema_version": 1}', "incomplete"),
+        ('{"schema": "gradflow/run-record", "schema_version": 1}', r"is invalid at \$\.kind: Field required"),
     ],
 )
 def test_load_run_rejects_bad_files(tmp_path, content, fragment):
@@ -89,7 +89,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     def broken_replace(*_):
         raise OSError("disk full")
 
-    monkeypatch.setattr("gradflow.record.os.replace", broken_replace)
-    with pytest.raises(OSError):
+    monkeypatch.setattr("gradflow.files.os.replace", broken_replace)
+    with pytest.raises(gf.GradflowError, match="disk full; nothing was written"):
         record.save(path)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]

@@ -36,7 +36,7 @@ def test_row_keys_and_verdicts(pair):
     assert adapter["*"]["old_ci"] == pytest.approx((0.3448, 0.4048))
     assert adapter["blocks.0.adapter"]["verdict"] == "regressed"
     assert adapter["blocks.0.adapter"]["summary"].endswith("(broken)")
-    assert adapter[HOSTILE]["verdict"] == "unchanged"  # CIs overlap
+    assert adapter[HOSTILE]["verdict"] == "uncertain"  # change -0.01, interval ±0.07: reaches beyond ±0.05
     assert adapter["blocks.2.adapter"]["verdict"] == "improved"  # 0.30 -> 0.55: toward the band, still starved
     assert "(fixed)" not in adapter["blocks.2.adapter"]["summary"]
     tied = by_module(rows, "tied")
@@ -51,7 +51,7 @@ def test_level_records_are_unchanged():
     assert {r["verdict"] for r in rows} == {"unchanged"}
 
 
-def test_without_ci_small_delta_is_unchanged_large_delta_judged():
+def test_without_ci_point_mode_uses_the_tolerance_ci_mode_cannot_tell():
     old, new = compare_record(), compare_record()
     set_row(old, "*", 0.50, None, target="adapter")
     set_row(new, "*", 0.51, None, target="adapter")
@@ -59,7 +59,9 @@ def test_without_ci_small_delta_is_unchanged_large_delta_judged():
     set_row(new, "blocks.0.adapter", 0.90, None)
     set_row(old, "blocks.2.adapter", 0.90, None)
     set_row(new, "blocks.2.adapter", 1.20, None)
-    rows = by_module(regression_rows(old, new, Band(0.8)))
+    undecided = by_module(regression_rows(old, new, Band(0.8)))
+    assert {undecided[m]["verdict"] for m in ("*", "blocks.0.adapter", "blocks.2.adapter")} == {"uncertain"}
+    rows = by_module(regression_rows(old, new, Band(0.8), mode="point"))
     assert rows["*"]["verdict"] == "unchanged" and f"±{DEFAULT_TOLERANCE:g}" in rows["*"]["note"]
     assert rows["blocks.0.adapter"]["verdict"] == "improved"
     assert rows["blocks.0.adapter"]["summary"] == "retention 0.500 -> 0.900 (fixed)"
@@ -86,7 +88,7 @@ def test_mismatched_subject_and_schema_are_reported_prominently(pair):
     old, new = copy_record(pair[0]), copy_record(pair[1])
     new.data["subject"]["name"] = "other"
     new.data["subject"]["preset"] = "full"
-    new.data["schema_version"] = 2  # as a future reader that accepts several versions would load it
+    new.data["schema_version"] = 3  # as a future reader that accepts several versions would load it
     warnings = compatibility_warnings(old, new)
     assert any("subject differs" in w for w in warnings)
     assert any("preset differs" in w for w in warnings)

@@ -63,7 +63,7 @@ def test_errors():
 
 
 def test_shown_in_markdown_and_html(sweep):
-    record = edited(sweep, {0.1: 0.97, 0.5: 0.85, 1.0: 0.37})
+    record = edited(edited(sweep, {0.1: 0.97, 0.5: 0.85, 1.0: 0.37}), {0.1: 1.0, 0.5: 1.0, 1.0: 1.0}, target="tied")
     assert "**Suggestion:** suggested scale for cross: 0.5" in record_markdown(record, Band(0.8))
     html = render_html(record, Band(0.8))
     assert "Sweep: retention vs scale" in html and "suggested scale for cross" in html

@@ -59,7 +59,8 @@ def test_shipped_specs_parse():
         (GOOD.replace("batches = 2", "batchez = 2"), "batchez", "Did you mean 'batches'"),
         (GOOD.replace("min_retention = 0.5", "min_retension = 0.5"), "thresholds.min_retension",
          "Did you mean 'min_retention'"),
-        (GOOD.replace("batches = 2", 'batches = "four"'), "batches", "expected an integer"),
+        (GOOD.replace("batches = 2", 'batches = "four"'), "batches",
+         "expected a whole number of at least 1 or \"auto\""),
         (GOOD.replace("batches = 2", "batches = 0"), "batches", "at least 1"),
         (GOOD.replace("min_retention = 0.5", 'min_retention = "high"'), "thresholds.min_retention",
          "expected a number"),
@@ -115,7 +116,7 @@ def test_not_toml_and_missing_file(tmp_path):
         (('targets = ["adapter"]', 'targets = ["adaptr"]'), "targets", "unknown target 'adaptr'"),
         (("set = { width = 8 }", "set = { colour = 8 }"), "subject", "unknown toy override"),
         (('name = "tests.toy_subject:make_subject"', 'name = "tests.toy_subject:nothing"'), "subject",
-         "has no attribute 'nothing'"),
+         "no top-level function 'nothing' decorated with @gradflow.subject_factory"),
     ],
 )
 def test_runtime_bad_input_names_the_key(tmp_path, change, key, words):

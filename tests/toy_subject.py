@@ -34,6 +34,7 @@ class Toy(nn.Module):
         return self.head(x)
 
 
+@gf.subject_factory
 def make_subject(preset: str | None = None, seed: int = 0, overrides: dict[str, str] | None = None) -> gf.Subject:
     """Toy subject; ``overrides`` may set ``depth`` and ``width``."""
     overrides = dict(overrides or {})

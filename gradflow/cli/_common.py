@@ -40,7 +40,12 @@ WeightsOpt = Annotated[Path | None, typer.Option(help="Local weights file for th
 AdaptersOpt = Annotated[Path | None, typer.Option(help="Folder of trained adapter checkpoints to load (aaclip).")]
 DataOpt = Annotated[Path | None, typer.Option(help="Folder of real images to take batches from (aaclip: an "
                                               "MVTec-style folder); default: synthetic batches.")]
-BatchesOpt = Annotated[int | None, typer.Option(help="Number of batches (default: the subject's default).")]
+BatchesOpt = Annotated[str | None, typer.Option(help="Number of batches, or 'auto': add batches until every "
+                                               "verdict is decided (default: the subject's default).")]
+PrecisionOpt = Annotated[float | None, typer.Option(help="With --batches auto: also stop once every interval is "
+                                                    "narrower than this.")]
+MaxBatchesOpt = Annotated[int | None, typer.Option("--max-batches", help="With --batches auto: the most batches "
+                                                   "to run (default 24).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for the passes' RNG and the interval.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write the run record (JSON) here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table.")]
@@ -73,6 +78,22 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
             raise fail(f"--set expects key=value, got {item!r} (e.g. --set stage2.image_cross_attn_weight=0.1).")
         overrides[key.strip()] = value.strip()
     return overrides
+
+
+def parse_batches(value: str | None) -> int | str | None:
+    """``--batches``: a positive whole number or ``auto``; anything else is bad input."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except ValueError:
+        raise fail(f"--batches must be a positive whole number or 'auto', got {value!r}.") from None
+    if count < 1:
+        raise fail(f"--batches must be at least 1, got {count}.")
+    return count
 
 
 def check_output_path(path: Path | None, option: str = "--out", example: str = "run.json") -> None:
@@ -108,10 +129,8 @@ def load(subject: str, preset: str | None, overrides: dict[str, str], weights: P
     """Build the named subject with the command's options (only those that were given are passed)."""
     from ..subjects.registry import load_subject
 
-    # Like other tools that import user code by path (uvicorn, celery), resolve it from the current folder.
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    return load_subject(subject, preset=preset, overrides=overrides,
+    # A user's module:factory is looked up in the current folder after the installed packages (never before).
+    return load_subject(subject, roots=[Path.cwd()], preset=preset, overrides=overrides,
                         weights=str(weights) if weights is not None else None,
                         adapters=str(adapters) if adapters is not None else None,
                         data=str(data) if data is not None else None)

@@ -17,7 +17,16 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from ._common import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, err_console, fail, out_console, progress_reporter
+from ._common import (
+    EXIT_BAD_INPUT,
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    err_console,
+    fail,
+    out_console,
+    parse_batches,
+    progress_reporter,
+)
 
 SpecsArg = Annotated[list[Path] | None, typer.Argument(help="Probe specs (default: probes/*.toml).",
                                                        show_default=False)]
@@ -28,7 +37,8 @@ GateOpt = Annotated[str | None, typer.Option("--gate", help="ci (default: fail o
                                              "band; uncertain passes), point, or strict (uncertain fails). "
                                              "Default: the spec's thresholds.gate, else ci.")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="Override every spec's subject preset (e.g. tiny).")]
-BatchesOpt = Annotated[int | None, typer.Option("--batches", min=1, help="Override every spec's batch count.")]
+BatchesOpt = Annotated[str | None, typer.Option("--batches", help="Override every spec's batches: a whole number "
+                                                "or 'auto'.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary per spec.")]
 
 
@@ -66,6 +76,7 @@ def command(
     from ..spec import discover_specs, load_spec
     from ..verdicts import gate_mode
 
+    n_batches = parse_batches(batches)
     try:
         if gate is not None:
             gate_mode(gate)
@@ -80,7 +91,7 @@ def command(
     results = []
     for spec in loaded:
         with progress_reporter(quiet, f"{spec.name}: passes") as progress:
-            result = evaluate(spec, preset=preset, batches=batches, gate=gate, progress=progress)
+            result = evaluate(spec, preset=preset, batches=n_batches, gate=gate, progress=progress)
         results.append(result)
         if result.record is not None and spec.path in record_paths:
             result.record.save(record_paths[spec.path])

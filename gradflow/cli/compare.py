@@ -11,9 +11,11 @@ from ._common import (
     BatchesOpt,
     DataOpt,
     JsonOpt,
+    MaxBatchesOpt,
     MaxOpt,
     MinOpt,
     OutOpt,
+    PrecisionOpt,
     PresetOpt,
     QuietOpt,
     SeedOpt,
@@ -24,6 +26,7 @@ from ._common import (
     check_output_path,
     emit,
     load,
+    parse_batches,
     parse_overrides,
     progress_reporter,
 )
@@ -35,6 +38,8 @@ def command(
     ablate: Annotated[list[str] | None, typer.Option(help="Branch to ablate (repeatable; 'all').")] = None,
     target: Annotated[list[str] | None, typer.Option(help="Target to measure (repeatable; 'all').")] = None,
     batches: BatchesOpt = None,
+    precision: PrecisionOpt = None,
+    max_batches: MaxBatchesOpt = None,
     seed: SeedOpt = 0,
     set_: SetOpt = None,
     weights: WeightsOpt = None,
@@ -51,10 +56,12 @@ def command(
     from ..verdicts import Band
 
     overrides = parse_overrides(set_)
+    n_batches = parse_batches(batches)
     check_output_path(out)
     with bad_input_exits():
         band = Band(min_retention, max_retention)
         sub = load(subject, preset, overrides, weights, adapters, data)
         with progress_reporter(quiet or as_json, "passes") as progress:
-            record = compare(sub, batches=batches, branches=ablate, targets=target, seed=seed, progress=progress)
+            record = compare(sub, batches=n_batches, branches=ablate, targets=target, seed=seed, band=band,
+                             precision=precision, max_batches=max_batches, progress=progress)
         emit(record, out, quiet, as_json, band)

@@ -31,7 +31,8 @@ def command(
     modules: ModulesOpt = True,
 ) -> None:
     """Render a run record (terminal table, markdown, HTML) or a regression report against a baseline."""
-    from ..record import load_run, write_atomic
+    from ..files import write_atomic
+    from ..record import load_run
     from ..verdicts import Band
 
     if markdown and as_json:

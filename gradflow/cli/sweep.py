@@ -11,9 +11,11 @@ from ._common import (
     BatchesOpt,
     DataOpt,
     JsonOpt,
+    MaxBatchesOpt,
     MaxOpt,
     MinOpt,
     OutOpt,
+    PrecisionOpt,
     PresetOpt,
     QuietOpt,
     SeedOpt,
@@ -25,6 +27,7 @@ from ._common import (
     emit,
     fail,
     load,
+    parse_batches,
     parse_overrides,
     progress_reporter,
 )
@@ -37,6 +40,8 @@ def command(
     preset: PresetOpt = None,
     target: Annotated[list[str] | None, typer.Option(help="Target to measure (repeatable).")] = None,
     batches: BatchesOpt = None,
+    precision: PrecisionOpt = None,
+    max_batches: MaxBatchesOpt = None,
     seed: SeedOpt = 0,
     set_: SetOpt = None,
     weights: WeightsOpt = None,
@@ -57,10 +62,12 @@ def command(
     except ValueError:
         raise fail(f"--scales must be comma-separated numbers, got {scales!r}.") from None
     overrides = parse_overrides(set_)
+    n_batches = parse_batches(batches)
     check_output_path(out)
     with bad_input_exits():
         band = Band(min_retention, max_retention)
         sub = load(subject, preset, overrides, weights, adapters, data)
         with progress_reporter(quiet or as_json, "passes") as progress:
-            record = sweep(sub, branch, scale_values, batches=batches, targets=target, seed=seed, progress=progress)
+            record = sweep(sub, branch, scale_values, batches=n_batches, targets=target, seed=seed, band=band,
+                           precision=precision, max_batches=max_batches, progress=progress)
         emit(record, out, quiet, as_json, band)

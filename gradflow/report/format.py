@@ -74,6 +74,34 @@ def module_label(module: str) -> str:
     return "(all)" if module == "*" else module
 
 
+def batches_text(record: Any) -> str:
+    """How many batches a record used and by which rule: ``"6 batches (auto: decided at look 2 of 4)"``."""
+    batches = record.data["batches"]
+    count = batches["count"]
+    rule = batches.get("rule") or {}
+    text = f"{count} batch" + ("" if count == 1 else "es")
+    if rule.get("rule", "fixed") != "fixed":
+        looks = rule.get("looks") or []
+        at = looks.index(count) + 1 if count in looks else "?"
+        reason = {"decided": "every verdict decided", "precise": "intervals narrower than the precision",
+                  "max_batches": "reached max-batches undecided"}.get(str(rule.get("reason")), str(rule.get("reason")))
+        level = rule.get("look_confidence")
+        text += (f" (--batches auto: stopped at look {at} of {len(looks)}, {reason}"
+                 + (f"; {float(level) * 100:.2f}% intervals per look" if isinstance(level, int | float) else "") + ")")
+    return text
+
+
+def ci_label(record: Any) -> str:
+    """The interval column's heading: its confidence (per look with ``--batches auto``), e.g. ``"95% CI"``."""
+    level = (record.data.get("interval") or {}).get("confidence", record.data.get("confidence", 0.95))
+    pct = float(level) * 100
+    return f"{pct:.0f}% CI" if abs(pct - round(pct)) < 1e-9 else f"{pct:.2f}% CI"
+
+
+UNCERTAIN_HINT = ("uncertain: the interval straddles a bound (or one batch has none), so these batches cannot "
+                  "decide; run with --batches auto or more batches")
+
+
 def measurement_notes(record: Any) -> tuple[list[str], list[str]]:
     """``(notes, warnings)`` of how a record was measured: wrappers taken off, gradient paths, global or
     local numbers, resolved selectors; warnings such as a sweep whose scale changed nothing."""

@@ -6,9 +6,20 @@ import json
 from typing import Any
 
 from ..record import RunRecord
-from ..verdicts import DEFAULT_TOLERANCE, Band, GateMode, verdict
-from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, measurement_notes, module_label
-from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, why
+from ..verdicts import Band, GateMode, verdict
+from .format import (
+    batches_text,
+    ci_label,
+    fmt_ci,
+    fmt_ci_pair,
+    fmt_delta,
+    fmt_norm,
+    fmt_ratio,
+    fmt_scale,
+    measurement_notes,
+    module_label,
+)
+from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, rule_text, why
 from .sweep import suggest_scale
 
 
@@ -38,7 +49,8 @@ def _metadata(record: RunRecord) -> list[tuple[str, str]]:
         ("targets", "; ".join(f"{name}: {t.get('selector')} ({t.get('n_params')} params)"
                               for name, t in data["targets"].items())),
         ("seed", data.get("seed")),
-        ("batches", f"{data['batches']['count']} (pass seeds {', '.join(map(str, data['batches']['pass_seeds']))})"),
+        ("batches", f"{batches_text(record)}; pass seeds {', '.join(map(str, data['batches']['pass_seeds']))}"),
+        ("intervals", str((data.get("interval") or {}).get("method", "—"))),
         ("confidence", data.get("confidence")),
         ("versions", ", ".join(f"{k} {v}" for k, v in env.items() if v is not None and not isinstance(v, bool))),
         ("when", f"{run.get('created', '—')} ({run.get('elapsed_s', '—')} s)"),
@@ -83,7 +95,7 @@ def _regression(old: RunRecord, new: RunRecord, band: Band, mode: str | GateMode
             "why": why(r),
         })
     return {
-        "baseline": old.source or "(in memory)", "rows": shown, "tolerance": f"{DEFAULT_TOLERANCE:g}",
+        "baseline": old.source or "(in memory)", "rows": shown, "rule": rule_text(old, new),
         "counts": ", ".join(f"{n} {v}" for v, n in counts.items() if n),
         "changes": "; ".join(config_changes(old, new)),
         "sweep": any(r["scale"] is not None for r in rows),
@@ -92,7 +104,7 @@ def _regression(old: RunRecord, new: RunRecord, band: Band, mode: str | GateMode
 
 def render_html(record: RunRecord, band: Band | None = None, mode: str | GateMode = GateMode.CI, *,
                 baseline: RunRecord | None = None, modules: bool = True) -> str:
-    """The whole report page as a string (write it with :func:`gradflow.record.write_atomic`)."""
+    """The whole report page as a string (write it with :func:`gradflow.files.write_atomic`)."""
     from .. import __version__
     from .plots import all_plots
     from .templates.page import PAGE
@@ -102,7 +114,6 @@ def render_html(record: RunRecord, band: Band | None = None, mode: str | GateMod
     title = f"gradflow {record.kind} report — {subject['name']}" + (
         f" ({subject['preset']})" if subject.get("preset") else "")
     suggestion = suggest_scale(record, band, mode=mode) if record.kind == "sweep" else None
-    ci_pct = int(round(record.data.get("confidence", 0.95) * 100))
     template = _environment().from_string(PAGE)
     notes, measurement_warnings = measurement_notes(record)
     return template.render(
@@ -111,7 +122,7 @@ def render_html(record: RunRecord, band: Band | None = None, mode: str | GateMod
         suggestion=suggestion,
         warnings=compatibility_warnings(baseline, record) if baseline is not None else [],
         regression=_regression(baseline, record, band, mode, modules) if baseline is not None else None,
-        rows=_rows(record, band, mode, modules), sweep=record.kind == "sweep", ci_label=f"{ci_pct}% CI",
+        rows=_rows(record, band, mode, modules), sweep=record.kind == "sweep", ci_label=ci_label(record),
         hidden_modules=0 if modules else sum(1 for r in record.rows if r["module"] != "*"),
         plots=all_plots(record, band, suggestion), version=__version__, source=record.source or "(in memory)",
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..record import RunRecord
-from ..verdicts import Band, Change, GateMode, passes, verdict
+from ..verdicts import Band, Change, GateMode, Verdict, passes, verdict
 from .format import (
+    UNCERTAIN_HINT,
+    batches_text,
+    ci_label,
     fmt_ci,
     fmt_ci_pair,
     fmt_delta,
@@ -17,7 +20,7 @@ from .format import (
     measurement_notes,
     module_label,
 )
-from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, why
+from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, rule_text, why
 from .sweep import suggest_scale
 
 
@@ -44,9 +47,8 @@ def record_markdown(record: RunRecord, band: Band | None = None, mode: str | Gat
     """The retention table of one record as markdown (whole-target rows bold; module rows indented)."""
     band = band or Band()
     sweep = record.kind == "sweep"
-    ci_pct = int(round(record.data.get("confidence", 0.95) * 100))
     header = ["branch", *(["scale"] if sweep else []), "target", "module", "norm with", "norm without", "retention",
-              f"{ci_pct}% CI", "verdict"]
+              ci_label(record), "verdict"]
     align = ["l", *(["r"] if sweep else []), "l", "l", "r", "r", "r", "r", "l"]
     rows = []
     for row in record.rows:
@@ -61,9 +63,11 @@ def record_markdown(record: RunRecord, band: Band | None = None, mode: str | Gat
             fmt_ci(row), _verdict_cell(verdict(row, band, mode), mode),
         ])
     lines = [_title(record, record.kind), "",
-             f"band {band.describe()}, verdict on the {mode} estimate · {record.data['batches']['count']} batches · "
+             f"band {band.describe()}, verdict on the {mode} estimate · {md_escape(batches_text(record))} · "
              f"seed {record.data['seed']}", ""]
     lines += _table(header, align, rows)
+    if any(verdict(r, band, mode) is Verdict.UNCERTAIN for r in record.rows):
+        lines += ["", md_escape(UNCERTAIN_HINT)]
     notes, warnings = measurement_notes(record)
     if notes or warnings:
         lines += ["", *(f"> **warning:** {md_escape(w)}" for w in warnings),
@@ -88,6 +92,7 @@ def regression_markdown(old: RunRecord, new: RunRecord, band: Band | None = None
     changes = config_changes(old, new)
     if changes:
         lines += ["Changed: " + "; ".join(md_escape(c) for c in changes), ""]
+    lines += [md_escape(rule_text(old, new)), ""]
     counts = count_verdicts(rows)
     lines += [f"band {band.describe()} · " + ", ".join(f"{n} {v}" for v, n in counts.items() if n), ""]
     sweep = any(r["scale"] is not None for r in rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..comparison import change_intervals
 from ..record import RunRecord
 from ..verdicts import (
     DEFAULT_TOLERANCE,
@@ -17,7 +18,6 @@ from ..verdicts import (
     Change,
     GateMode,
     Transition,
-    change_interval,
     finite,
     judge_change,
     verdict,
@@ -49,6 +49,7 @@ def regression_rows(old: RunRecord, new: RunRecord, band: Band | None = None, mo
     ``old_verdict``/``new_verdict`` (each row against ``band``), ``note`` (why) and ``summary``.
     """
     band = band or Band()
+    interval_of, kind = change_intervals(old, new)
     old_rows = {row_key(r): r for r in old.rows}
     new_keys = {row_key(r) for r in new.rows}
     out: list[dict[str, Any]] = []
@@ -56,13 +57,15 @@ def regression_rows(old: RunRecord, new: RunRecord, band: Band | None = None, mo
     def entry(key: RowKey, old_row: dict[str, Any] | None, new_row: dict[str, Any] | None) -> dict[str, Any]:
         old_value = finite(old_row["retention"]) if old_row else None
         new_value = finite(new_row["retention"]) if new_row else None
-        interval = None
+        interval, row_kind = None, kind
         if old_row is None:
             change, transition, note = Change.ADDED, Transition.NONE, "only in the new record"
         elif new_row is None:
             change, transition, note = Change.REMOVED, Transition.NONE, "only in the old record"
         else:
-            interval = change_interval(old_row, new_row)
+            interval = interval_of(old_row, new_row)
+            if kind == "paired" and (old.samples(old_row) is None or new.samples(new_row) is None):
+                row_kind = "unpaired"
             judged = judge_change(old_row, new_row, band, mode, tolerance, interval)
             change, transition, note = judged.change, judged.transition, judged.note
         delta = new_value - old_value if old_value is not None and new_value is not None else None
@@ -75,7 +78,8 @@ def regression_rows(old: RunRecord, new: RunRecord, band: Band | None = None, mo
             "branch": key[0], "target": key[1], "module": key[2], "scale": key[3],
             "old": old_value, "new": new_value, "delta": delta,
             "old_ci": _ci(old_row) if old_row else None, "new_ci": _ci(new_row) if new_row else None,
-            "delta_ci": interval, "verdict": change.value, "transition": transition.value,
+            "delta_ci": interval, "interval": row_kind if interval is not None else None,
+            "verdict": change.value, "transition": transition.value,
             "old_verdict": verdict(old_row, band, mode).value if old_row else None,
             "new_verdict": verdict(new_row, band, mode).value if new_row else None,
             "note": note, "summary": summary,
@@ -93,6 +97,16 @@ def regression_rows(old: RunRecord, new: RunRecord, band: Band | None = None, mo
 def why(row: dict[str, Any]) -> str:
     """The reason column of a regression row: the summary with its transition when the band was crossed."""
     return f"{row['summary']}; {row['note']}" if row["transition"] else row["note"]
+
+
+def rule_text(old: RunRecord, new: RunRecord, tolerance: float = DEFAULT_TOLERANCE) -> str:
+    """One sentence: how changes are judged for this pair of records (paired or not, the tolerance)."""
+    _, kind = change_intervals(old, new)
+    how = ("paired by batch (same subject, batches and seeds; a row its record's passes do not reproduce is "
+           "judged unpaired)" if kind == "paired" else
+           "unpaired (different batches or seeds: each row's change interval combines the two runs' intervals)")
+    return (f"change of retention judged on its confidence interval, {how}: unchanged = wholly within "
+            f"±{tolerance:g}, improved/regressed/drifted = wholly beyond it, uncertain = both")
 
 
 def compatibility_warnings(old: RunRecord, new: RunRecord) -> list[str]:

@@ -11,9 +11,21 @@ from rich.table import Table
 from rich.text import Text
 
 from ..record import RunRecord
-from ..verdicts import Band, GateMode, verdict
-from .format import fmt_ci, fmt_ci_pair, fmt_delta, fmt_norm, fmt_ratio, fmt_scale, measurement_notes, module_label
-from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, why
+from ..verdicts import Band, GateMode, Verdict, verdict
+from .format import (
+    UNCERTAIN_HINT,
+    batches_text,
+    ci_label,
+    fmt_ci,
+    fmt_ci_pair,
+    fmt_delta,
+    fmt_norm,
+    fmt_ratio,
+    fmt_scale,
+    measurement_notes,
+    module_label,
+)
+from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, rule_text, why
 from .sweep import suggest_scale
 
 VERDICT_STYLE = {
@@ -31,9 +43,11 @@ def retention_table(
     title = f"gradflow {record.kind} — subject {subject['name']}"
     if subject.get("preset"):
         title += f" ({subject['preset']})"
-    ci_pct = int(round(record.data.get("confidence", 0.95) * 100))
-    table = Table(title=title, caption=f"band {band.describe()}, verdict on the {mode} estimate; "
-                  f"{record.data['batches']['count']} batches, seed {record.data['seed']}")
+    caption = (f"band {band.describe()}, verdict on the {mode} estimate; {batches_text(record)}, "
+               f"seed {record.data['seed']}")
+    if any(verdict(r, band, mode) is Verdict.UNCERTAIN for r in record.rows):
+        caption += "\n" + UNCERTAIN_HINT
+    table = Table(title=Text(title), caption=Text(caption))
     table.add_column("branch")
     if record.kind == "sweep":
         table.add_column("scale", justify="right")
@@ -42,7 +56,7 @@ def retention_table(
     table.add_column("norm with", justify="right")
     table.add_column("norm without", justify="right")
     table.add_column("retention", justify="right")
-    table.add_column(f"{ci_pct}% CI", justify="right")
+    table.add_column(ci_label(record), justify="right")
     table.add_column("verdict")
     for row in record.rows:
         if row["module"] != "*" and not modules:
@@ -124,9 +138,8 @@ def bar_view(record: RunRecord, band: Band | None = None, mode: str | GateMode =
         if (r["module"] == "*") == sweep:
             groups.setdefault((r["branch"], r["target"]), []).append(r)
     axis_max = _axis_max([r["retention"] for rows in groups.values() for r in rows], band)
-    ci_pct = int(round(record.data.get("confidence", 0.95) * 100))
     header = ["scale" if sweep else "module", *([] if sweep else ["norm with", "norm without"]), "retention",
-              f"{ci_pct}% CI", "bar", "verdict"]
+              ci_label(record), "bar", "verdict"]
     right = {1, 2} if sweep else {1, 2, 3, 4}
     rows: list[list[Text | str]] = []
     for (branch, target), group_rows in groups.items():
@@ -156,7 +169,7 @@ def metadata_text(record: RunRecord) -> Text:
     """One dim line: preset, seed, batches, versions, when."""
     env = record.data.get("environment", {})
     run = record.data.get("run", {})
-    parts = [f"seed {record.data['seed']}", f"{record.data['batches']['count']} batches"]
+    parts = [f"seed {record.data['seed']}", batches_text(record)]
     parts += [f"{k} {env[k]}" for k in ("gradflow", "torch") if env.get(k)]
     if run.get("created"):
         parts.append(str(run["created"]))
@@ -237,6 +250,7 @@ def render_regression(old: RunRecord, new: RunRecord, band: Band | None = None, 
     changes = config_changes(old, new)
     if changes:
         parts.append(Text("changed: " + "; ".join(changes), style="dim"))
+    parts.append(Text(rule_text(old, new), style="dim"))
     rows = regression_rows(old, new, band, mode)
     subject = new.data["subject"]
     title = f"regression report — subject {subject['name']}" + (f" ({subject['preset']})" if subject.get("preset")

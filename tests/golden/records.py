@@ -38,11 +38,15 @@ def subject(depth: int = 3) -> gf.Subject:
 
 def compare_record() -> gf.RunRecord:
     """A compare record with a module renamed to a hostile name and one row made starved."""
-    record = fixed(gf.compare(subject(), batches=4, seed=0))
-    for row in record.rows:
+    data = fixed(gf.compare(subject(), batches=4, seed=0)).data
+    for row in data["retention"]:
         if row["module"] == "blocks.1.adapter":
             row["module"] = HOSTILE
-    return record
+    for entry in data["passes"]:  # the record stays self-consistent: passes and targets use the name too
+        entry["norms"]["adapter"][HOSTILE] = entry["norms"]["adapter"].pop("blocks.1.adapter")
+    modules = data["targets"]["adapter"]["modules"]
+    modules[HOSTILE] = modules.pop("blocks.1.adapter")
+    return gf.RunRecord(data)
 
 
 def sweep_record() -> gf.RunRecord:
@@ -100,6 +104,7 @@ def synthetic_record(n_modules: int, seed: int = 0) -> gf.RunRecord:
         norm_without = 1.0 + (i % 7) * 0.1
         rows.append({
             "branch": "cross", "target": "adapter", "module": module, "scale": None,
+            "numerator": "with", "denominator": "without:cross",
             "norm_with": value * norm_without, "norm_without": norm_without, "retention": value,
             "ci_low": value - 0.03, "ci_high": value + 0.03, "n_batches": 4,
             "per_batch": [value - 0.02, value + 0.01, value, value + 0.02], "status": "ok", "note": "",

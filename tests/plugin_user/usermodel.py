@@ -24,6 +24,7 @@ class Net(nn.Module):
         return self.head(torch.tanh(x))
 
 
+@gf.subject_factory
 def make_subject(preset: str | None = None, seed: int = 0, overrides: dict[str, str] | None = None) -> gf.Subject:
     """``overrides``: ``side_scale`` (how strongly the side branch is added)."""
     side_scale = float((overrides or {}).get("side_scale", 1.0))

@@ -77,8 +77,8 @@ footer { color: #8a94a0; font-size: 12px; margin-top: 40px; }
 <h2>Regression against the baseline</h2>
 <p class="sub">baseline {{ regression.baseline }} · {{ regression.counts }}{% if regression.changes %} · changed:
 {{ regression.changes }}{% endif %}</p>
-<p class="sub">unchanged = confidence intervals overlap (or |delta| ≤ {{ regression.tolerance }} without intervals);
-otherwise improved / regressed = a better / worse band verdict, or closer to / farther from the band.</p>
+<p class="sub">{{ regression.rule }}; improved / regressed = a better / worse band verdict, or closer to /
+farther from the band.</p>
 <div class="scroll"><table>
 <thead><tr><th>branch</th>{% if regression.sweep %}<th>scale</th>{% endif %}<th>target</th><th>module</th>
 <th>baseline</th><th>new</th><th>delta</th><th>baseline CI</th><th>new CI</th><th>verdict</th><th>why</th></tr></thead>

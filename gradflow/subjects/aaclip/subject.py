@@ -232,7 +232,7 @@ def make_subject(
         config=config,
         default_branches=["cross_attn"],
         default_targets=["image_adapter"] if cfg.stage == "stage2" else ["text_adapter"],
-        # A ViT-L pass takes ~90 s on 2 CPU cores (reports/benchmarks.md): 2 batches keep the main job
-        # near 6 minutes and still give an interval; smaller presets afford 4.
-        default_batches=2 if cfg.preset in ("full", "native") else 4,
+        # Sequential: batches are added (looks at 3, 6, 12, 24) until every verdict is decided, so a clear
+        # case stops after 3 batches and an ambiguous one gets the batches it needs.
+        default_batches="auto",
     )
