@@ -33,6 +33,7 @@ _EXPORTS = {
     "parameters_of": "select",
     "select_modules": "select",
     "subject_factory": "subjects.registry",
+    "Band": "verdicts",
     "Branch": "subject",
     "Subject": "subject",
     "Target": "subject",
@@ -63,3 +64,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .select import parameters_of, select_modules
     from .subject import Branch, Subject, Target
     from .subjects.registry import subject_factory
+    from .verdicts import Band
