@@ -163,6 +163,36 @@ def scale_runs(preset: str, batch_counts: list[int], batch_sizes: list[int], rou
     return out
 
 
+def sequential_decision(preset: str, fixed: int, quick: bool) -> list[dict]:
+    """Time to a decided verdict: --batches auto vs a fixed number of batches, same subject, one run each.
+
+    Two AA-CLIP stage-2 configurations: v2 at weight 0.1 (the fork's fix) and v1 at weight 1.0 (the bug's
+    code); band [0.8, inf) on the whole image adapter."""
+    out = []
+    configs = [("v2", "0.1"), ("v1", "1.0")]
+    for version, weight in configs[:1] if quick else configs:
+        subject = make_subject(preset=preset, overrides={"version": version,
+                                                         "stage2.image_cross_attn_weight": weight})
+        started = time.perf_counter()
+        auto = gf.compare(subject, batches="auto", branches=["cross_attn"], targets=["image_adapter"],
+                          max_batches=3 if quick else 24)
+        auto_s = time.perf_counter() - started
+        started = time.perf_counter()
+        fixed_record = gf.compare(subject, batches=2 if quick else fixed, branches=["cross_attn"],
+                                  targets=["image_adapter"])
+        fixed_s = time.perf_counter() - started
+        row_auto, row_fixed = auto.row("cross_attn", "image_adapter"), fixed_record.row("cross_attn", "image_adapter")
+        out.append({"preset": preset, "version": version, "weight": float(weight),
+                    "auto_batches": auto.data["batches"]["count"],
+                    "auto_reason": auto.data["batches"]["rule"]["reason"],
+                    "auto_s": auto_s, "auto_retention": row_auto["retention"],
+                    "auto_ci": [row_auto["ci_low"], row_auto["ci_high"]],
+                    "fixed_batches": fixed_record.data["batches"]["count"], "fixed_s": fixed_s,
+                    "fixed_retention": row_fixed["retention"], "fixed_ci": [row_fixed["ci_low"], row_fixed["ci_high"]],
+                    "ratio": auto_s / fixed_s})
+    return out
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     lines = [
@@ -193,6 +223,17 @@ def markdown(results: dict) -> str:
               "| kernel | median (ms) | ratio vs loop |", "|---|---:|---:|"]
     for name in ("loop_item", "foreach_norm", "foreach_norm_f64", "gradflow_vector_norms", "get_total_norm"):
         lines.append(f"| {name} | {nk[name]['median_s'] * 1000:.2f} | {nk[name]['ratio']:.3f} |")
+    if results.get("sequential"):
+        lines += ["", "## Time to decision — `--batches auto` vs a fixed number of batches (band [0.8, ∞))", "",
+                  "| preset | version | weight | auto: batches (why) | auto (s) | retention, per-look CI "
+                  "| fixed: batches | fixed (s) | retention, 95% CI | time ratio auto/fixed |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in results["sequential"]:
+            lines.append(f"| {row['preset']} | {row['version']} | {row['weight']:g} | {row['auto_batches']} "
+                         f"({row['auto_reason']}) | {row['auto_s']:.1f} | {row['auto_retention']:.3f} "
+                         f"[{row['auto_ci'][0]:.3f}, {row['auto_ci'][1]:.3f}] | {row['fixed_batches']} | "
+                         f"{row['fixed_s']:.1f} | {row['fixed_retention']:.3f} [{row['fixed_ci'][0]:.3f}, "
+                         f"{row['fixed_ci'][1]:.3f}] | {row['ratio']:.2f} |")
     ps = results["probe_scaling"]
     lines += ["", "## Probe overhead vs number of probed modules (params + outputs of every module)", "",
               "| modules | ratio vs plain |", "|---:|---:|"]
@@ -245,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = compare_efficiency(preset, branches, 1 if quick else 2, compare_rounds)
             results["compare_efficiency"].append({"preset": preset, **row})
     results["norm_kernels"] = norm_kernels(rounds if quick else 9, quick)
+    results["sequential"] = sequential_decision("tiny" if quick else "small", 8, quick)
     results["probe_scaling"] = probe_scaling([10, 50] if quick else [10, 100, 300, 1000], rounds)
     results["scale"] = [scale_runs("tiny" if quick else "small", [1, 2] if quick else [1, 2, 4],
                                    [1, 2] if quick else [1, 2, 4], 1 if quick else 3)]

@@ -19,29 +19,30 @@ def _suite_name(result: Any) -> str:
 def junit_tree(results: list[Any]) -> ET.ElementTree:
     """The JUnit document of :class:`gradflow.evaluation.SpecResult` objects."""
     from .report.check import spec_text
+    from .report.format import visible
 
     root = ET.Element("testsuites", name="gradflow check")
     totals = {"tests": 0, "failures": 0, "errors": 0}
     total_time = 0.0
     for result in results:
-        suite = ET.SubElement(root, "testsuite", name=_suite_name(result))
-        classname = "gradflow." + Path(result.path).stem.replace(".", "_")
+        suite = ET.SubElement(root, "testsuite", name=visible(_suite_name(result)))
+        classname = visible("gradflow." + Path(result.path).stem.replace(".", "_"))
         counts = {"tests": 0, "failures": 0, "errors": 0}
         if result.error is not None:
             case = ET.SubElement(suite, "testcase", classname=classname, name="spec", time="0")
-            error = ET.SubElement(case, "error", message=result.error, type="bad input")
-            error.text = result.error
+            error = ET.SubElement(case, "error", message=visible(result.error), type="bad input")
+            error.text = visible(result.error)
             counts["tests"], counts["errors"] = 1, 1
         else:
             details = spec_text(result) if result.failures else ""
             for check in result.checks:
-                case = ET.SubElement(suite, "testcase", classname=classname, name=f"{check.kind}: {check.name}",
-                                     time="0")
+                case = ET.SubElement(suite, "testcase", classname=classname,
+                                     name=visible(f"{check.kind}: {check.name}"), time="0")
                 counts["tests"] += 1
                 if not check.passed:
                     counts["failures"] += 1
                     message = f"{check.verdict}: {check.detail}" if check.verdict else check.detail
-                    failure = ET.SubElement(case, "failure", message=message, type=check.verdict or check.kind)
+                    failure = ET.SubElement(case, "failure", message=visible(message), type=check.verdict or check.kind)
                     failure.text = details
         suite.set("tests", str(counts["tests"]))
         suite.set("failures", str(counts["failures"]))

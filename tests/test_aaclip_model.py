@@ -185,8 +185,16 @@ def test_bad_overrides_raise_subject_error_naming_valid_keys():
     cfg = preset_config("tiny")
     with pytest.raises(SubjectError, match="stage2.image_cross_attn_weight"):
         apply_overrides(cfg, {"stage2.image_cross_atn_weight": "0.1"})
-    with pytest.raises(SubjectError, match="cannot parse"):
+    with pytest.raises(SubjectError, match="unable to parse string as a number"):
         apply_overrides(cfg, {"stage2.image_cross_attn_weight": "lots"})
+    # every key's type and range, with the allowed range in the message
+    for override, message in (({"heads": "3"}, "heads must divide the cross-attention width 64"),
+                              ({"image_size": "8"}, "greater than or equal to 16"),
+                              ({"anomaly_prob": "7"}, "less than or equal to 1"),
+                              ({"dropout": "1.5"}, "less than 1"),
+                              ({"stage2.batch_size": "0"}, "greater than or equal to 1")):
+        with pytest.raises(SubjectError, match=message):
+            apply_overrides(cfg, override)
     with pytest.raises(SubjectError, match="version"):
         apply_overrides(cfg, {"version": "v3"})
     with pytest.raises(SubjectError, match="levels"):

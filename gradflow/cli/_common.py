@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,9 +12,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
 from ..errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, GradflowError
+from ..files import FileError, check_writable, same_file
+from ..report.format import text
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_GATE_FAILED", "EXIT_OK"]
 
@@ -56,7 +57,7 @@ MaxOpt = Annotated[float | None, typer.Option(help="Upper bound of the retention
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     """Print ``message`` as an error on stderr and return the Exit to raise."""
-    err_console.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    err_console.print(text("error: ", style="bold red") + text(message), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -96,14 +97,41 @@ def parse_batches(value: str | None) -> int | str | None:
     return count
 
 
-def check_output_path(path: Path | None, option: str = "--out", example: str = "run.json") -> None:
-    """Fail before any work when ``path`` cannot be written (missing folder, a directory)."""
+def check_output_path(path: Path | None, option: str = "--out", example: str = "run.json",
+                      inputs: Iterable[Path | None] = ()) -> None:
+    """Fail before any work when ``path`` cannot be written, or would overwrite one of the ``inputs``.
+
+    Writability is proven by creating (and removing) a file next to it: a long run must not end in a
+    traceback because the folder is read-only or ``/proc``.
+    """
     if path is None:
         return
     if path.is_dir():
         raise fail(f"{option} {path} is a directory; give a file name such as {path / example}.")
-    if not path.parent.exists():
-        raise fail(f"{option} {path}: the folder {path.parent} does not exist. Create it first.")
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise fail(f"{option} {path} is also an input of this command ({source}); writing it would destroy the "
+                       "input. Choose another path; nothing was written.")
+    try:
+        check_writable(path, option)
+    except FileError as exc:
+        raise fail(str(exc)) from None
+
+
+def check_distinct_outputs(outputs: dict[str, Path | None]) -> None:
+    """Fail when two outputs of one command are the same file (one would overwrite the other)."""
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for i, (first, a) in enumerate(given):
+        for second, b in given[i + 1:]:
+            if same_file(a, b):
+                raise fail(f"{first} and {second} are the same file ({a}); give them different paths.")
+
+
+def subject_inputs(subject: str, weights: Path | None = None, roots: Iterable[Path] = ()) -> list[Path]:
+    """Files a compare/sweep reads that an output must never replace: the subject's source, the weights."""
+    from ..subjects.registry import subject_source
+
+    return [p for p in (subject_source(subject, [Path.cwd(), *roots]), weights) if p is not None]
 
 
 @contextmanager
@@ -149,4 +177,4 @@ def emit(record: Any, out: Path | None, quiet: bool, as_json: bool, band: Any) -
         for line in notes_text(record):
             out_console.print(line, soft_wrap=True)
         if out is not None:
-            out_console.print(Text(f"run record written to {out}", style="dim"))
+            out_console.print(text(f"run record written to {out}", style="dim"))

@@ -15,17 +15,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
+from ..report.format import text
 from ._common import (
     EXIT_BAD_INPUT,
     EXIT_GATE_FAILED,
     EXIT_OK,
+    check_distinct_outputs,
+    check_output_path,
     err_console,
     fail,
     out_console,
     parse_batches,
     progress_reporter,
+    subject_inputs,
 )
 
 SpecsArg = Annotated[list[Path] | None, typer.Argument(help="Probe specs (default: probes/*.toml).",
@@ -40,6 +43,18 @@ PresetOpt = Annotated[str | None, typer.Option("--preset", help="Override every 
 BatchesOpt = Annotated[str | None, typer.Option("--batches", help="Override every spec's batches: a whole number "
                                                 "or 'auto'.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only the one-line summary per spec.")]
+
+
+def _spec_inputs(specs: list, preset: str | None) -> list[Path]:
+    """Files the specs read: baseline records, subject sources and weights (outputs must not replace them)."""
+    from ..evaluation import subject_roots
+
+    files: list[Path] = []
+    for spec in specs:
+        baseline = spec.baseline_path(preset or spec.preset)
+        files += [p for p in (baseline, spec.weights) if p is not None]
+        files += subject_inputs(spec.subject, roots=subject_roots(spec))
+    return files
 
 
 def _record_paths(specs: list[Path], out: Path | None) -> dict[Path, Path]:
@@ -84,9 +99,12 @@ def command(
         loaded = [load_spec(p) for p in paths]  # every spec is validated before anything is measured
     except GradflowError as exc:
         raise fail(str(exc)) from None
-    if junit is not None and (junit.is_dir() or not junit.parent.exists()):
-        raise fail(f"--junit {junit}: give a file name in an existing folder (e.g. reports/gradflow.xml).")
     record_paths = _record_paths(paths, out)
+    inputs = [*paths, *_spec_inputs(loaded, preset)]
+    check_output_path(junit, "--junit", "gradflow.xml", inputs=inputs)
+    for record_path in record_paths.values():
+        check_output_path(record_path, "--out", "run.json", inputs=inputs)
+    check_distinct_outputs({"--junit": junit, **{f"--out ({p.name})": p for p in record_paths.values()}})
 
     results = []
     for spec in loaded:
@@ -94,22 +112,28 @@ def command(
             result = evaluate(spec, preset=preset, batches=n_batches, gate=gate, progress=progress)
         results.append(result)
         if result.record is not None and spec.path in record_paths:
-            result.record.save(record_paths[spec.path])
+            try:
+                result.record.save(record_paths[spec.path])
+            except GradflowError as exc:
+                raise fail(str(exc)) from None
         if quiet:
-            (out_console if result.error is None else err_console).print(Text(result.summary()), soft_wrap=True)
+            (out_console if result.error is None else err_console).print(text(result.summary()), soft_wrap=True)
         else:
             for item in spec_renderables(result):
                 out_console.print(item)
             if spec.path in record_paths and result.record is not None:
-                out_console.print(Text(f"run record written to {record_paths[spec.path]}", style="dim"))
+                out_console.print(text(f"run record written to {record_paths[spec.path]}", style="dim"))
             out_console.print()
     if junit is not None:
         from ..junit import write_junit
 
-        write_junit(results, junit)
+        try:
+            write_junit(results, junit)
+        except GradflowError as exc:
+            raise fail(str(exc)) from None
     if len(results) > 1 and not quiet:
         counts = {s: sum(1 for r in results if r.status() == s) for s in ("PASS", "FAIL", "ERROR")}
-        out_console.print(Text(f"{len(results)} specs: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()),
+        out_console.print(text(f"{len(results)} specs: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()),
                                style="bold"))
     if any(r.error is not None for r in results):
         raise typer.Exit(EXIT_BAD_INPUT)

@@ -29,6 +29,7 @@ from ._common import (
     parse_batches,
     parse_overrides,
     progress_reporter,
+    subject_inputs,
 )
 
 
@@ -57,7 +58,7 @@ def command(
 
     overrides = parse_overrides(set_)
     n_batches = parse_batches(batches)
-    check_output_path(out)
+    check_output_path(out, inputs=subject_inputs(subject, weights))
     with bad_input_exits():
         band = Band(min_retention, max_retention)
         sub = load(subject, preset, overrides, weights, adapters, data)

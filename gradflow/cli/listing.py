@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
+from ..report.format import text
 from ._common import PresetOpt, SetOpt, SubjectOpt, bad_input_exits, load, out_console, parse_overrides
 
 
@@ -23,7 +23,7 @@ def command(
     overrides = parse_overrides(set_)
     with bad_input_exits():
         sub = load(subject, preset, overrides, None)
-        table = Table(title=Text(f"subject {sub.name}" + (f" ({sub.preset})" if sub.preset else "")))
+        table = Table(title=text(f"subject {sub.name}" + (f" ({sub.preset})" if sub.preset else "")))
         for column in ("kind", "name", "selector", "mode", "modules", "params", "trainable"):
             table.add_column(column, justify="right" if column in ("modules", "params", "trainable") else "left")
         groups = [("branch", n, sub.branch(n), sub.branch_modules(n)) for n in sub.branches]
@@ -34,9 +34,9 @@ def command(
             mode = getattr(spec, "mode", "")
             if getattr(spec, "scale", None) is not None:
                 mode += f"={spec.scale:g}"
-            table.add_row(kind, Text(name), Text(describe_selector(spec.selector)), mode, str(len(matched)),
+            table.add_row(kind, text(name), text(describe_selector(spec.selector)), mode, str(len(matched)),
                           f"{sum(p.numel() for _, p in all_params):,}", f"{trainable:,}")
             if modules:
                 for module_name, _ in matched:
-                    table.add_row("", "", Text("  " + module_name), "", "", "", "")
+                    table.add_row("", "", text("  " + module_name), "", "", "", "")
         out_console.print(table)

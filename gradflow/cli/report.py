@@ -38,7 +38,7 @@ def command(
     if markdown and as_json:
         raise fail("--markdown and --json both print to stdout; choose one.")
     if html is not None:
-        check_output_path(html, "--html", "report.html")
+        check_output_path(html, "--html", "report.html", inputs=[run, baseline])
     with bad_input_exits():
         band = Band(min_retention, max_retention)
         record = load_run(run)
@@ -47,11 +47,7 @@ def command(
             from ..report.html import render_html
 
             page = render_html(record, band, baseline=old, modules=modules)
-            try:
-                write_atomic(html, page)
-            except OSError as exc:
-                raise fail(f"cannot write --html {html}: {exc.strerror or exc}. Check the folder's permissions "
-                           "and free space; nothing was written.") from None
+            write_atomic(html, page)  # a failure is a FileError: exit 2 with the cause, nothing left behind
         if as_json:
             from ..record import json_safe
             from ..report.summary import report_data
@@ -61,15 +57,15 @@ def command(
         elif markdown:
             from ..report.markdown import record_markdown, regression_markdown
 
-            text = (regression_markdown(old, record, band, modules=modules) if old is not None
+            page_text = (regression_markdown(old, record, band, modules=modules) if old is not None
                     else record_markdown(record, band, modules=modules))
-            sys.stdout.write(text)
+            sys.stdout.write(page_text)
         else:
             from ..report.terminal import render_record, render_regression
 
             out_console.print(render_regression(old, record, band, modules=modules) if old is not None
                               else render_record(record, band, modules=modules))
         if html is not None:
-            from rich.text import Text
+            from ..report.format import text
 
-            err_console.print(Text(f"HTML report written to {html}", style="dim"))
+            err_console.print(text(f"HTML report written to {html}", style="dim"))

@@ -30,6 +30,7 @@ from ._common import (
     parse_batches,
     parse_overrides,
     progress_reporter,
+    subject_inputs,
 )
 
 
@@ -63,7 +64,7 @@ def command(
         raise fail(f"--scales must be comma-separated numbers, got {scales!r}.") from None
     overrides = parse_overrides(set_)
     n_batches = parse_batches(batches)
-    check_output_path(out)
+    check_output_path(out, inputs=subject_inputs(subject, weights))
     with bad_input_exits():
         band = Band(min_retention, max_retention)
         sub = load(subject, preset, overrides, weights, adapters, data)

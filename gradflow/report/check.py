@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rich.table import Table
-from rich.text import Text
 
 from ..verdicts import describe_mode
+from .format import text
 from .plain import render_plain
 from .terminal import notes_text, retention_table
 
@@ -17,9 +17,9 @@ def spec_renderables(result: Any) -> list[Any]:
     out: list[Any] = []
     spec = result.spec
     title = f"spec {result.path}" + (f" — {spec.description}" if spec and spec.description else "")
-    out.append(Text(title, style="bold"))
+    out.append(text(title, style="bold"))
     if result.error is not None:
-        out.append(Text("error: " + result.error, style="red"))
+        out.append(text("error: " + result.error, style="red"))
         return out
     if result.record is not None and spec is not None:
         out.append(retention_table(result.record, spec.band, result.mode))
@@ -28,11 +28,11 @@ def spec_renderables(result: Any) -> list[Any]:
     for column in ("kind", "check", "result", "detail"):
         table.add_column(column, overflow="fold")
     for check in result.checks:
-        verdict = Text("PASS", style="bold green") if check.passed else Text("FAIL", style="bold red")
+        verdict = text("PASS", style="bold green") if check.passed else text("FAIL", style="bold red")
         label = f"{check.verdict}: " if check.verdict and check.kind != "preflight" else ""
-        table.add_row(check.kind, Text(check.name), verdict, Text(label + check.detail))
+        table.add_row(check.kind, text(check.name), verdict, text(label + check.detail))
     out.append(table)
-    out.append(Text(result.summary(), style="bold green" if result.passed else "bold red"))
+    out.append(text(result.summary(), style="bold green" if result.passed else "bold red"))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any
 
 
@@ -48,6 +49,36 @@ def fmt_ci_pair(ci: tuple[float, float] | list[float] | None) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def visible(value: object) -> str:
+    """``value`` as text whose control characters are shown, not obeyed.
+
+    Names and notes come from models and record files, which are untrusted: an ESC sequence must not
+    recolour, move the cursor or hide text in a terminal or a CI log, and a line break must not forge a table
+    row. C0/C1 control characters (and DEL) become ``\\xNN`` escapes; Unicode format characters that reorder
+    or hide text (bidi overrides, zero-width joiners) become ``\\uNNNN``.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif unicodedata.category(char) in ("Cf", "Cs", "Co", "Zl", "Zp"):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def text(value: object, style: str = "") -> Any:
+    """A rich ``Text`` of ``value`` made :func:`visible`: never parsed as markup, control characters shown."""
+    from rich.text import Text
+
+    return Text(visible(value), style=style)
+
+
 _MD_SPECIAL = "\\`*_[]<>#|~$"
 _HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
@@ -59,7 +90,7 @@ def md_escape(text: object) -> str:
     page); other markdown punctuation, including the cell separator ``|``, is backslash-escaped.
     """
     out = []
-    for char in str(text).replace("\r\n", " ").replace("\r", " ").replace("\n", " "):
+    for char in visible(str(text).replace("\r\n", " ").replace("\r", " ").replace("\n", " ")):
         if char in _HTML_ENTITIES:
             out.append(_HTML_ENTITIES[char])
         elif char in _MD_SPECIAL:

@@ -24,6 +24,8 @@ from .format import (
     fmt_scale,
     measurement_notes,
     module_label,
+    text,
+    visible,
 )
 from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, rule_text, why
 from .sweep import suggest_scale
@@ -47,7 +49,7 @@ def retention_table(
                f"seed {record.data['seed']}")
     if any(verdict(r, band, mode) is Verdict.UNCERTAIN for r in record.rows):
         caption += "\n" + UNCERTAIN_HINT
-    table = Table(title=Text(title), caption=Text(caption))
+    table = Table(title=text(title), caption=Text(caption))  # the caption holds only gradflow's own words
     table.add_column("branch")
     if record.kind == "sweep":
         table.add_column("scale", justify="right")
@@ -63,18 +65,18 @@ def retention_table(
             continue
         label = verdict(row, band, mode).value
         # Text() keeps names literal: a module called "[red]x" must not be read as rich markup.
-        cells = [Text(row["branch"])]
+        cells = [text(row["branch"])]
         if record.kind == "sweep":
             cells.append(f"{row['scale']:g}")
         total = row["module"] == "*"
         cells += [
-            Text(row["target"]),
-            Text("(all)" if total else "  " + row["module"]),
+            text(row["target"]),
+            text("(all)" if total else "  " + row["module"]),
             fmt_norm(row["norm_with"]),
             fmt_norm(row["norm_without"]),
             fmt_ratio(row["retention"]),
             fmt_ci(row),
-            Text(label, style=VERDICT_STYLE.get(label, "")),
+            text(label, style=VERDICT_STYLE.get(label, "")),
         ]
         table.add_row(*cells, style="bold" if total else None)
     return table
@@ -107,9 +109,9 @@ def _axis_max(values: list[float | None], band: Band) -> float:
 
 def _columns(header: list[str], right: set[int], rows: list[list[Text | str]]) -> list[Text]:
     """Rows of cells laid out as aligned lines (much faster than a rich Table for hundreds of rows)."""
-    cells = [[c if isinstance(c, Text) else Text(c) for c in row] for row in rows]
+    cells = [[c if isinstance(c, Text) else text(c) for c in row] for row in rows]
     widths = [max([len(header[i]), *(r[i].cell_len for r in cells if len(r) > i)]) for i in range(len(header))]
-    lines = [Text("  ".join(h.rjust(w) if i in right else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths,
+    lines = [text("  ".join(h.rjust(w) if i in right else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths,
                                                                                                     strict=True))),
                   style="bold")]
     for row in cells:
@@ -145,24 +147,24 @@ def bar_view(record: RunRecord, band: Band | None = None, mode: str | GateMode =
     for (branch, target), group_rows in groups.items():
         if rows:
             rows.append([""])
-        rows.append([Text(f"{branch} → {target}", style="bold")])
+        rows.append([text(f"{branch} → {target}", style="bold")])
         for row in group_rows:
             label = verdict(row, band, mode).value
             style = VERDICT_STYLE.get(label, "")
             norms = [] if sweep else [fmt_norm(row["norm_with"]), fmt_norm(row["norm_without"])]
-            rows.append([Text("  " + (fmt_scale(row["scale"]) if sweep else row["module"])), *norms,
+            rows.append([text("  " + (fmt_scale(row["scale"]) if sweep else row["module"])), *norms,
                          fmt_ratio(row["retention"]), fmt_ci(row), _bar(row["retention"], band, axis_max, style),
-                         Text(label, style=style)])
+                         text(label, style=style)])
     caption = f"bar axis 0 to {axis_max:.2f}; band {band.describe()}: │ lower bound" + (
         "" if band.max_retention is None else ", ┊ upper bound")
-    title = Text("retention per scale" if sweep else "per-module breakdown", style="bold italic")
-    return Group(title, *_columns(header, right, rows), Text(caption, style="dim"))
+    title = text("retention per scale" if sweep else "per-module breakdown", style="bold italic")
+    return Group(title, *_columns(header, right, rows), text(caption, style="dim"))
 
 
 def suggestion_text(suggestion: dict[str, Any]) -> Text:
     """The sweep's suggested scale as one line."""
     style = "bold green" if suggestion["scale"] is not None else "bold red"
-    return Text("suggestion: ", style="bold") + Text(suggestion["message"], style=style)
+    return text("suggestion: ", style="bold") + text(suggestion["message"], style=style)
 
 
 def metadata_text(record: RunRecord) -> Text:
@@ -173,13 +175,13 @@ def metadata_text(record: RunRecord) -> Text:
     parts += [f"{k} {env[k]}" for k in ("gradflow", "torch") if env.get(k)]
     if run.get("created"):
         parts.append(str(run["created"]))
-    return Text(" · ".join(parts), style="dim")
+    return text(" · ".join(parts), style="dim")
 
 
 def notes_text(record: RunRecord) -> list[Text]:
     """How the record was measured (dim) and its warnings (yellow), one line each."""
     notes, warnings = measurement_notes(record)
-    return [Text("note: " + n, style="dim") for n in notes] + [Text("warning: " + w, style="bold yellow")
+    return [text("note: " + n, style="dim") for n in notes] + [text("warning: " + w, style="bold yellow")
                                                               for w in warnings]
 
 
@@ -192,9 +194,9 @@ def render_record(record: RunRecord, band: Band | None = None, mode: str | GateM
     parts: list[RenderableType] = [retention_table(record, band, mode, modules and sweep), metadata_text(record),
                                    *notes_text(record)]
     if modules or sweep:
-        parts += [Text(""), bar_view(record, band, mode)]
+        parts += [text(""), bar_view(record, band, mode)]
     if record.kind == "sweep":
-        parts += [Text(""), suggestion_text(suggest_scale(record, band, mode=mode))]
+        parts += [text(""), suggestion_text(suggest_scale(record, band, mode=mode))]
     return Group(*parts)
 
 
@@ -202,7 +204,7 @@ def warnings_panel(warnings: list[str]) -> Panel:
     """The mismatch warnings of a regression report, impossible to miss."""
     body = Text()
     for i, warning in enumerate(warnings):
-        body.append(("\n" if i else "") + "• " + warning)
+        body.append(("\n" if i else "") + "• " + visible(warning))
     return Panel(body, title="WARNING: records may not be comparable", border_style="bold red", expand=False)
 
 
@@ -212,7 +214,7 @@ def regression_table(rows: list[dict[str, Any]], band: Band, modules: bool = Tru
     rows = [r for r in rows if modules or r["module"] == "*"]
     sweep = any(r["scale"] is not None for r in rows)
     counts = count_verdicts(rows)
-    table = Table(title=title, caption=f"band {band.describe()}; "
+    table = Table(title=text(title), caption=f"band {band.describe()}; "
                   + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     for column in ("branch", *(["scale"] if sweep else []), "target", "module"):
         table.add_column(column, justify="right" if column == "scale" else "left", overflow="fold")
@@ -223,17 +225,17 @@ def regression_table(rows: list[dict[str, Any]], band: Band, modules: bool = Tru
     table.add_column("verdict")
     table.add_column("why")
     for row in rows:
-        cells: list[Any] = [Text(row["branch"])]
+        cells: list[Any] = [text(row["branch"])]
         if sweep:
             cells.append(fmt_scale(row["scale"]))
         total = row["module"] == "*"
         reason = why(row)
         cells += [
-            Text(row["target"]), Text(module_label(row["module"]) if total else "  " + row["module"]),
+            text(row["target"]), text(module_label(row["module"]) if total else "  " + row["module"]),
             fmt_ratio(row["old"]) if row["old_verdict"] is not None else "",
             fmt_ratio(row["new"]) if row["new_verdict"] is not None else "",
             fmt_delta(row["delta"]), fmt_ci_pair(row["old_ci"]), fmt_ci_pair(row["new_ci"]),
-            Text(row["verdict"], style=REGRESSION_STYLE.get(row["verdict"], "")), Text(reason),
+            text(row["verdict"], style=REGRESSION_STYLE.get(row["verdict"], "")), text(reason),
         ]
         table.add_row(*cells, style="bold" if total else None)
     return table
@@ -249,8 +251,8 @@ def render_regression(old: RunRecord, new: RunRecord, band: Band | None = None, 
         parts.append(warnings_panel(warnings))
     changes = config_changes(old, new)
     if changes:
-        parts.append(Text("changed: " + "; ".join(changes), style="dim"))
-    parts.append(Text(rule_text(old, new), style="dim"))
+        parts.append(text("changed: " + "; ".join(changes), style="dim"))
+    parts.append(text(rule_text(old, new), style="dim"))
     rows = regression_rows(old, new, band, mode)
     subject = new.data["subject"]
     title = f"regression report — subject {subject['name']}" + (f" ({subject['preset']})" if subject.get("preset")

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 from gradflow.errors import SubjectError
 
@@ -45,51 +48,61 @@ TINY_MODEL_CFG: dict[str, Any] = {
 }
 
 
-@dataclass
+PositiveInt = Annotated[int, Field(ge=1)]
+Weight = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+@dataclass(config=ConfigDict(validate_assignment=True, strict=False, extra="forbid"))
 class AAClipConfig:
-    """All knobs of the AA-CLIP subject (defaults = the ``full`` preset)."""
+    """All knobs of the AA-CLIP subject (defaults = the ``full`` preset).
+
+    Every field has a type and, where it has one, an allowed range, checked when the config is built and
+    whenever a field is set (pydantic); cross-field rules (levels within the backbone's depth, heads that
+    divide the attention width, ...) are checked by :meth:`validate`.
+    """
 
     preset: str = "full"
     #: open_clip model name (used when ``model_cfg`` is None).
     model_name: str = "ViT-L-14-336"
     #: a custom open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``); overrides model_name.
     model_cfg: dict[str, Any] | None = None
-    image_size: int = 518
-    text_adapt_weight: float = 0.1
-    image_adapt_weight: float = 0.1
-    text_adapt_until: int = 3
-    image_adapt_until: int = 6
+    image_size: Annotated[int, Field(ge=16, le=4096)] = 518
+    text_adapt_weight: Weight = 0.1
+    image_adapt_weight: Weight = 0.1
+    text_adapt_until: Annotated[int, Field(ge=1)] = 3
+    image_adapt_until: Annotated[int, Field(ge=0)] = 6
     #: 1-based block indices whose outputs (without CLS) feed seg_proj; the last one also feeds det_proj.
-    levels: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    levels: list[PositiveInt] = field(default_factory=lambda: [6, 12, 18, 24])
     #: LeakyReLU after seg_proj / det_proj (AA-CLIP's ``--relu``, default False).
     relu: bool = False
     #: cross-attention variant of the wei-paul fork: 'v1' (full-scale add, raw text context, no norm
     #: matching) or 'v2' (L2-normalised context, norm-matched output, 0.1 scale).
-    version: str = "v2"
+    version: Literal["v1", "v2"] = "v2"
     #: scale of the stage-1 / stage-2 cross-attention output; None = the version's default.
-    text_cross_attn_weight: float | None = None
-    image_cross_attn_weight: float | None = None
+    text_cross_attn_weight: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] | None = None
+    image_cross_attn_weight: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] | None = None
     #: turn the cross-attention branches on at all (the model's own flag; False = plain AA-CLIP).
     use_cross_attention: bool = True
-    heads: int = 8
-    dropout: float = 0.1
+    heads: Annotated[int, Field(ge=1, le=1024)] = 8
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     #: keep every module in eval mode even if .train() is called (as the official code runs).
     train_mode: bool = False
-    stage: str = "stage2"
-    stage1_batch_size: int = 16
-    stage2_batch_size: int = 2
+    stage: Literal["stage1", "stage2"] = "stage2"
+    stage1_batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    stage2_batch_size: Annotated[int, Field(ge=1, le=4096)] = 2
     #: weight of the orthogonality (disentanglement) loss in stage 1.
-    orth_weight: float = 0.1
+    orth_weight: Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)] = 0.1
     #: stage-1 segmentation loss levels: 'all' (wei-paul fork) or 'last' (official code as it runs).
-    loss_levels: str = "all"
+    loss_levels: Literal["all", "last"] = "all"
     #: DPAM V-V attention axis of the stage-1 feature extractor: 'tokens' (intended) or 'batch' (faithful).
-    surgery_mode: str = "tokens"
+    surgery_mode: Literal["tokens", "batch"] = "tokens"
     #: how many of the last ViT blocks get DPAM surgery (AA-CLIP: 19 of 24, blocks 5..23).
-    surgery_layers: int = 19
-    class_names: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    surgery_layers: Annotated[int, Field(ge=0)] = 19
+    class_names: list[Annotated[str, Field(min_length=1, max_length=200)]] = field(
+        default_factory=lambda: list(DEFAULT_CLASSES))
     #: probability that a synthetic image carries a pasted defect.
-    anomaly_prob: float = 0.5
-    dtype: str = "float32"
+    anomaly_prob: Weight = 0.5
+    dtype: Literal["float32", "float64"] = "float32"
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -131,23 +144,24 @@ class AAClipConfig:
             return int(self.model_cfg["text_cfg"]["layers"])
         return _KNOWN_DEPTHS.get(self.model_name, (None, None))[1]
 
+    def widths(self) -> tuple[int, int, int] | None:
+        """``(vision width, text width, patch size)`` of the backbone, if known without building it."""
+        if self.model_cfg is not None:
+            vision, text = self.model_cfg["vision_cfg"], self.model_cfg["text_cfg"]
+            return int(vision["width"]), int(text["width"]), int(vision["patch_size"])
+        known = _KNOWN_DEPTHS.get(self.model_name)
+        return known[2:] if known else None
+
     def validate(self) -> AAClipConfig:
-        """Check consistency; raises :class:`SubjectError` with what to change."""
+        """Check what involves several fields; raises :class:`SubjectError` with what to change.
+
+        (Each field's own type and range is checked by pydantic when it is set.)
+        """
         problems = []
-        if self.version not in VERSION_DEFAULT_WEIGHT:
-            problems.append(f"version must be 'v1' or 'v2', got {self.version!r}")
-        if self.stage not in ("stage1", "stage2"):
-            problems.append(f"stage must be 'stage1' or 'stage2', got {self.stage!r}")
-        if self.loss_levels not in ("all", "last"):
-            problems.append(f"loss_levels must be 'all' or 'last', got {self.loss_levels!r}")
-        if self.surgery_mode not in ("tokens", "batch"):
-            problems.append(f"surgery_mode must be 'tokens' or 'batch', got {self.surgery_mode!r}")
-        if self.dtype not in ("float32", "float64"):
-            problems.append(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         depth = self.vision_layers()
         if not self.levels or sorted(set(self.levels)) != list(self.levels):
             problems.append(f"levels must be strictly increasing, got {self.levels}")
-        elif self.levels[0] < 1 or self.levels[-1] > depth:
+        elif self.levels[-1] > depth:
             problems.append(f"levels must lie in 1..{depth} (1-based block indices), got {self.levels}")
         if not 0 <= self.image_adapt_until <= depth:
             problems.append(f"image_adapt_until must lie in 0..{depth}, got {self.image_adapt_until}")
@@ -156,11 +170,15 @@ class AAClipConfig:
         text_depth = self.text_layers()
         if text_depth is not None and not 1 <= self.text_adapt_until <= text_depth:
             problems.append(f"text_adapt_until must lie in 1..{text_depth}, got {self.text_adapt_until}")
-        for name in ("stage1_batch_size", "stage2_batch_size", "heads", "image_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must lie in [0, 1), got {self.dropout}")
+        widths = self.widths()
+        if widths is not None:
+            vision_width, text_width, patch = widths
+            if text_width % self.heads:
+                divisors = [h for h in range(1, min(text_width, 64) + 1) if text_width % h == 0]
+                problems.append(f"heads must divide the cross-attention width {text_width}, got {self.heads} "
+                                f"(e.g. {', '.join(map(str, divisors[-6:]))})")
+            if self.image_size < patch:
+                problems.append(f"image_size must be at least the patch size {patch}, got {self.image_size}")
         if not self.class_names:
             problems.append("class_names must not be empty")
         if problems:
@@ -175,7 +193,9 @@ class AAClipConfig:
         return out
 
 
-_KNOWN_DEPTHS: dict[str, tuple[int, int]] = {"ViT-L-14-336": (24, 12), "ViT-B-16": (12, 12)}
+#: model name -> (vision blocks, text blocks, vision width, text width, patch size)
+_KNOWN_DEPTHS: dict[str, tuple[int, int, int, int, int]] = {
+    "ViT-L-14-336": (24, 12, 1024, 768, 14), "ViT-B-16": (12, 12, 768, 512, 16)}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -225,6 +245,7 @@ _STAGE_ALIASES = {
     "stage2.image_adapt_weight": "image_adapt_weight",
 }
 _NOT_OVERRIDABLE = {"preset", "model_cfg"}
+_BOOL_FIELDS = {"relu", "use_cross_attention", "train_mode"}
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
                "off": False}
 
@@ -235,28 +256,20 @@ def override_keys() -> list[str]:
     return sorted([*names, "batch_size", *_STAGE_ALIASES])
 
 
-def _parse(key: str, field_name: str, current: Any, annotation: str, raw: str) -> Any:
+_LIST_FIELDS = {"levels", "class_names"}
+_OPTIONAL_FIELDS = {"text_cross_attn_weight", "image_cross_attn_weight"}
+
+
+def _parse(field_name: str, raw: Any) -> Any:
+    """A string override as the field's raw value; pydantic converts and range-checks it when it is set."""
     text = str(raw).strip()
-    try:
-        if annotation.startswith("float"):
-            if "None" in annotation and text.lower() in ("none", "default", ""):
-                return None
-            return float(text)
-        if annotation == "int":
-            return int(text)
-        if annotation == "bool":
-            if text.lower() not in _BOOL_WORDS:
-                raise ValueError(f"not a boolean (use {'/'.join(_BOOL_WORDS)})")
-            return _BOOL_WORDS[text.lower()]
-        if annotation.startswith("list[int]"):
-            return [int(p) for p in text.strip("[]()").replace(" ", "").split(",") if p]
-        if annotation.startswith("list[str]"):
-            return [p.strip().strip("'\"") for p in text.strip("[]").split(",") if p.strip()]
-        return text
-    except ValueError as exc:
-        raise SubjectError(
-            f"cannot parse override {key}={raw!r} for field {field_name!r} of type {annotation}: {exc}."
-        ) from None
+    if field_name in _OPTIONAL_FIELDS and text.lower() in ("none", "default", ""):
+        return None
+    if field_name in _LIST_FIELDS:
+        return [p.strip().strip("'\"") for p in text.strip("[]()").split(",") if p.strip()]
+    if text.lower() in _BOOL_WORDS and field_name in _BOOL_FIELDS:
+        return _BOOL_WORDS[text.lower()]
+    return text
 
 
 def apply_overrides(cfg: AAClipConfig, overrides: dict[str, Any] | None) -> AAClipConfig:
@@ -267,7 +280,7 @@ def apply_overrides(cfg: AAClipConfig, overrides: dict[str, Any] | None) -> AACl
     out = copy.deepcopy(cfg)
     if not overrides:
         return out.validate()
-    types = {f.name: str(f.type) for f in dataclasses.fields(AAClipConfig)}
+    types = {f.name for f in dataclasses.fields(AAClipConfig)}
     for key, raw in overrides.items():
         if key == "batch_size":
             field_name = "stage1_batch_size" if out.stage == "stage1" else "stage2_batch_size"
@@ -277,6 +290,10 @@ def apply_overrides(cfg: AAClipConfig, overrides: dict[str, Any] | None) -> AACl
             raise SubjectError(
                 f"unknown AA-CLIP override key {key!r}. Valid keys: {', '.join(override_keys())}."
             )
-        value = _parse(key, field_name, getattr(out, field_name), types[field_name], raw)
-        setattr(out, field_name, value)
+        try:
+            setattr(out, field_name, _parse(field_name, raw))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise SubjectError(f"invalid AA-CLIP override {key}={raw!r}: {error['msg']} (field "
+                               f"{field_name!r}).") from None
     return out.validate()
