@@ -280,6 +280,12 @@ def _check_consistency(record: Record, where: str) -> None:
         if len(row.per_batch) != row.n_batches:
             raise RecordError(f"run record{where} is invalid at $.retention[{index}].per_batch: {len(row.per_batch)} "
                               f"values for n_batches {row.n_batches}.")
+        if row.status in ("ok", "no_effect") and row.retention is None:
+            raise RecordError(f"run record{where} is invalid at $.retention[{index}].retention: a row with status "
+                              f"{row.status!r} needs a retention.")
+        if (row.ci_low is None) != (row.ci_high is None):
+            raise RecordError(f"run record{where} is invalid at $.retention[{index}].ci_high: an interval needs both "
+                              "ends (or neither).")
         if record.kind == "sweep" and row.scale is None:
             raise RecordError(f"run record{where} is invalid at $.retention[{index}].scale: sweep rows need a scale.")
     for index, entry in enumerate(record.passes):

@@ -114,8 +114,8 @@ def mover_difference(new: float, new_ci: tuple[float, float], old: float, old_ci
     an unbounded result.
     """
     delta = new - old
-    lower = delta - math.sqrt((new - new_ci[0]) ** 2 + (old_ci[1] - old) ** 2)
-    upper = delta + math.sqrt((new_ci[1] - new) ** 2 + (old - old_ci[0]) ** 2)
+    lower = delta - math.hypot(new - new_ci[0], old_ci[1] - old)  # hypot: no overflow on huge values
+    upper = delta + math.hypot(new_ci[1] - new, old - old_ci[0])
     return lower, upper
 
 

@@ -9,7 +9,8 @@ code (``name = "os:system"``). gradflow builds only:
 3. **user factories marked** with :func:`subject_factory` and named as ``module.path:factory``. The module is
    found without importing it (the spec's folder and the current folder are searched after the installed
    packages, never before them), its source is read to check that ``factory`` is a top-level function
-   decorated with ``@subject_factory``, and only then is it imported — and the marker checked again.
+   decorated with ``@subject_factory``, and only then is it imported — and the marker checked again. The
+   folder is on ``sys.path`` (at the end) only while the module is imported and its factory runs.
 
 Anything else is refused with a :class:`SubjectError` that says how to register the factory. A factory that
 raises (or a module that does not import) is reported as bad input with the error's type, message and
@@ -19,13 +20,14 @@ raises (or a module that does not import) is reported as bad input with the erro
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,6 +109,14 @@ def locate_module(dotted: str, roots: Iterable[Path] = ()) -> tuple[Path, Path |
     return None
 
 
+def _importable_without_source(dotted: str) -> bool:
+    """Whether the top-level package of ``dotted`` exists (built-in, frozen or without a source file)."""
+    try:
+        return importlib.util.find_spec(dotted.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _decorator_name(node: ast.expr) -> str | None:
     if isinstance(node, ast.Call):
         node = node.func
@@ -166,6 +176,10 @@ def resolve(name: str, roots: Iterable[Path] = ()) -> tuple[Callable[..., Any], 
         raise SubjectError(f"subject {name!r}: {attr!r} is not a function name (module.path:factory). "
                            + _how_to_register(name))
     located = locate_module(module_name, roots)
+    if located is None and _importable_without_source(module_name):
+        raise SubjectError(f"subject {name!r} is not a registered subject factory: {module_name!r} is a built-in or "
+                           "frozen module with no source to check, and gradflow calls nothing that a spec or the "
+                           "command line names unless it is marked. " + _how_to_register(name))
     if located is None:
         searched = ", ".join(str(r) for r in roots) or "(no folders)"
         raise SubjectError(f"subject {name!r}: module {module_name!r} was not found among the installed packages nor "
@@ -175,8 +189,9 @@ def resolve(name: str, roots: Iterable[Path] = ()) -> tuple[Callable[..., Any], 
         raise SubjectError(f"subject {name!r} is not a registered subject factory: {path} has no top-level function "
                            f"{attr!r} decorated with @gradflow.subject_factory, and gradflow calls nothing else that "
                            "a spec or the command line names. " + _how_to_register(name))
-    if root is not None and str(root) not in sys.path:
-        sys.path.append(str(root))  # appended: a local file never shadows an installed module
+    stale = sys.modules.get(module_name)
+    if stale is not None and Path(getattr(stale, "__file__", "") or "").resolve() != path.resolve():
+        del sys.modules[module_name]  # a module of that name from another folder: import the one located here
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - the user's module failed to import: bad input, summarised
@@ -213,6 +228,29 @@ def load_subject(name: str, *, roots: Iterable[Path] = (), **options: Any) -> Su
     Raises:
         SubjectError: the subject is unknown or not registered, its factory fails, or returns no Subject.
     """
+    with _project_on_path(name, roots):
+        return _build(name, roots, options)
+
+
+@contextlib.contextmanager
+def _project_on_path(name: str, roots: Iterable[Path]) -> Iterator[None]:
+    """While a user module found only under ``roots`` is imported and its factory runs, its folder is on
+    ``sys.path`` — appended, so it never shadows an installed module — and afterwards it is removed again."""
+    root = None
+    if ":" in name and name not in BUILTIN:
+        located = locate_module(name.partition(":")[0], roots)
+        root = located[1] if located else None
+    added = root is not None and str(root) not in sys.path
+    if added:
+        sys.path.append(str(root))
+    try:
+        yield
+    finally:
+        if added and str(root) in sys.path:
+            sys.path.remove(str(root))
+
+
+def _build(name: str, roots: Iterable[Path], options: Mapping[str, Any]) -> Subject:
     factory, _ = resolve(name, roots)
     given = {k: v for k, v in options.items() if v is not None and not (isinstance(v, Mapping) and not v)}
     if not callable(factory):
