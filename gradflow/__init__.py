@@ -25,6 +25,7 @@ _EXPORTS = {
     "SelectorError": "errors",
     "SubjectError": "errors",
     "compare": "measure",
+    "learn": "learning",
     "sweep": "measure",
     "Probe": "probing",
     "probe": "probing",
@@ -58,6 +59,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .ablation import ablate
     from .errors import AblationError, GradflowError, LossError, ProbeError, RecordError, SelectorError, SubjectError
+    from .learning import learn
     from .measure import compare, sweep
     from .probing import Probe, probe
     from .record import RunRecord, load_run

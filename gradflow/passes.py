@@ -105,7 +105,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _check_loss(loss: Any) -> torch.Tensor:
+def check_loss(loss: Any) -> torch.Tensor:
     if not isinstance(loss, torch.Tensor):
         raise LossError(
             f"loss_fn returned a {type(loss).__name__}; gradflow needs a scalar torch.Tensor "
@@ -190,7 +190,7 @@ class PassEngine:
             for name in ablation.calls:
                 ablation.calls[name] = 0
         with self.watch, (ablation if ablation is not None else _nothing()):
-            loss = _check_loss(self.subject.loss_fn(self.subject.model, batch))
+            loss = check_loss(self.subject.loss_fn(self.subject.model, batch))
             if ablation is not None:
                 ablation.verify(self.watch.counts)
             self._count_calls(setting)

@@ -96,6 +96,7 @@ def build_record(
     elapsed_s: float,
     measurement: Mapping[str, Any] | None = None,
     batch_rule: Mapping[str, Any] | None = None,
+    learning: Mapping[str, Any] | None = None,
 ) -> RunRecord:
     """Assemble a :class:`RunRecord` from the measurement layer's results."""
     data = {
@@ -130,6 +131,8 @@ def build_record(
         "passes": passes,
         "retention": rows,
     }
+    if learning is not None:
+        data["learning"] = dict(learning)
     # A JSON round trip makes the in-memory record identical to what load_run() returns.
     return RunRecord(json.loads(json.dumps(json_safe(data), allow_nan=False)))
 

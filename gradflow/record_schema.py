@@ -179,12 +179,56 @@ class Row(_Model):
     note: str
 
 
+class LearningRunInfo(_Model):
+    train_loss: list[Number]
+    eval_steps: list[Count]
+    eval_loss: list[Number]
+    eval_first: list[Number]
+    eval_last: list[Number]
+    target_norms: dict[Name, list[Number | None]]
+    status: Literal["ok", "diverged"]
+    diverged_at: Count | None
+
+
+class LearningRow(_Model):
+    branch: Name
+    scale: Finite | None
+    numerator: Name
+    denominator: Name
+    decrease_with: Number | None
+    decrease_without: Number | None
+    learning_ratio: Number | None
+    ci_low: Number | None
+    ci_high: Number | None
+    n_eval_batches: Count
+    status: Literal["ok", "diverged", "undefined", "non_finite"]
+    note: str
+
+
+class Optimizer(_Model):
+    name: Literal["adam", "sgd"]
+    lr: Finite = Field(gt=0)
+    betas: list[Finite] = Field(min_length=2, max_length=2)
+
+
+class Learning(_Model):
+    steps: Annotated[int, Field(ge=1)]
+    train_batches: Annotated[int, Field(ge=1)]
+    first_eval_batch: Count
+    optimizer: Optimizer
+    eval_batches: Annotated[int, Field(ge=2)]
+    eval_every: Annotated[int, Field(ge=1)]
+    interval: str
+    runs: dict[Name, LearningRunInfo]
+    rows: list[LearningRow]
+
+
 class Record(_Model):
     """A run record, version 2."""
 
     schema_: Literal["gradflow/run-record"] = Field(alias="schema")
     schema_version: Literal[2]
-    kind: Literal["compare", "sweep"]
+    kind: Literal["compare", "sweep", "learn"]
     run: Run
     environment: Environment
     subject: SubjectInfo
@@ -198,6 +242,7 @@ class Record(_Model):
     measurement: Measurement
     passes: list[Pass]
     retention: list[Row]
+    learning: Learning | None = None
 
 
 def _path(location: tuple[Any, ...]) -> str:
@@ -262,7 +307,10 @@ def validate(data: Any, source: str | None = None) -> dict[str, Any]:
     except RecursionError:
         raise RecordError(f"run record{where} is nested too deeply to be a gradflow record.") from None
     _check_consistency(record, where)
-    return record.model_dump(by_alias=True, mode="python")
+    dumped = record.model_dump(by_alias=True, mode="python")
+    if dumped.get("learning") is None:
+        dumped.pop("learning", None)
+    return dumped
 
 
 def _check_consistency(record: Record, where: str) -> None:
@@ -292,6 +340,17 @@ def _check_consistency(record: Record, where: str) -> None:
         if entry.setting not in settings:
             raise RecordError(f"run record{where} is invalid at $.passes[{index}].setting: {entry.setting!r} is not "
                               "one of the record's settings.")
+    if (record.kind == "learn") != (record.learning is not None):
+        raise RecordError(f"run record{where} is invalid at $.learning: a learn record has it, no other kind does.")
+    if record.learning is not None:
+        for index, row in enumerate(record.learning.rows):
+            for key in ("numerator", "denominator"):
+                if getattr(row, key) not in record.learning.runs:
+                    raise RecordError(f"run record{where} is invalid at $.learning.rows[{index}].{key}: "
+                                      f"{getattr(row, key)!r} is not one of the record's runs.")
+            if row.status == "ok" and row.learning_ratio is None:
+                raise RecordError(f"run record{where} is invalid at $.learning.rows[{index}].learning_ratio: a row "
+                                  "with status 'ok' needs a ratio.")
     if len(record.batches.pass_seeds) != record.batches.count:
         raise RecordError(f"run record{where} is invalid at $.batches.pass_seeds: {len(record.batches.pass_seeds)} "
                           f"seeds for {record.batches.count} batches.")

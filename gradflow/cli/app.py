@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import check, compare, listing, report, sweep
+from . import check, compare, learn, listing, report, sweep
 
 app = typer.Typer(
     add_completion=False,
@@ -15,5 +15,6 @@ app = typer.Typer(
 app.command("compare")(compare.command)
 app.command("sweep")(sweep.command)
 app.command("list")(listing.command)
+app.command("learn")(learn.command)
 app.command("report")(report.command)
 app.command("check")(check.command)

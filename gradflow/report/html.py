@@ -19,6 +19,7 @@ from .format import (
     measurement_notes,
     module_label,
 )
+from .learning import learning_rows_html
 from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, rule_text, why
 from .sweep import suggest_scale
 
@@ -116,7 +117,9 @@ def render_html(record: RunRecord, band: Band | None = None, mode: str | GateMod
     suggestion = suggest_scale(record, band, mode=mode) if record.kind == "sweep" else None
     template = _environment().from_string(PAGE)
     notes, measurement_warnings = measurement_notes(record)
+    learning = learning_rows_html(record) if record.kind == "learn" else None
     return template.render(
+        learning=learning,
         notes=notes, measurement_warnings=measurement_warnings,
         title=title, band=band.describe(), mode=mode, metadata=_metadata(record), config=_config(record),
         suggestion=suggestion,

@@ -46,6 +46,10 @@ def record_markdown(record: RunRecord, band: Band | None = None, mode: str | Gat
                     modules: bool = True) -> str:
     """The retention table of one record as markdown (whole-target rows bold; module rows indented)."""
     band = band or Band()
+    if record.kind == "learn":
+        from .learning import learning_markdown
+
+        return learning_markdown(record)
     sweep = record.kind == "sweep"
     header = ["branch", *(["scale"] if sweep else []), "target", "module", "norm with", "norm without", "retention",
               ci_label(record), "verdict"]

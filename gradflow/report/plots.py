@@ -284,8 +284,45 @@ def sweep_chart(record: RunRecord, band: Band, suggestion: dict[str, Any] | None
 
 
 @_styled
+def learning_charts(record: RunRecord) -> list[dict[str, Any]]:
+    """A learn record's curves: held-out and training loss per step, and each target's gradient norm per step,
+    one line per run (with the branch, without it, at each scale)."""
+    learning = record.data["learning"]
+    runs = learning["runs"]
+    charts = []
+    fig = _figure(WIDTH, 3.6, bottom_labels=["1"])
+    ax = _axes(fig)
+    for i, (name, run) in enumerate(runs.items()):
+        color = _COLORS[i % len(_COLORS)]
+        steps = list(range(1, len(run["train_loss"]) + 1))
+        ax.plot(steps, [v if _finite(v) else math.nan for v in run["train_loss"]], "-", lw=0.8, alpha=0.35,
+                color=color)
+        ax.plot(run["eval_steps"], [v if _finite(v) else math.nan for v in run["eval_loss"]], "o-", ms=3, lw=1.6,
+                color=color, label=label(f"{name} (held-out)"))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, frameon=False, fontsize=8)
+    charts.append({"title": "Loss: held-out (dots) and training (faint) per run", "svg": figure_svg(fig), "note": ""})
+    targets = list(dict.fromkeys(t for run in runs.values() for t in run["target_norms"]))
+    for target in targets:
+        fig = _figure(WIDTH, 3.0, bottom_labels=["1"])
+        ax = _axes(fig)
+        for i, (name, run) in enumerate(runs.items()):
+            values = run["target_norms"].get(target, [])
+            ax.plot(range(1, len(values) + 1), [v if _finite(v) else math.nan for v in values], "-", lw=1.2,
+                    color=_COLORS[i % len(_COLORS)], label=label(name))
+        ax.set_xlabel("training step")
+        ax.set_ylabel("gradient norm")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=4, frameon=False, fontsize=8)
+        charts.append({"title": f"Gradient norm of {target} per step", "svg": figure_svg(fig), "note": ""})
+    return charts
+
+
+@_styled
 def all_plots(record: RunRecord, band: Band, suggestion: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every plot of the HTML report, in page order: ``[{"title", "svg", "note"}]``."""
+    if record.kind == "learn":
+        return learning_charts(record)
     plots = []
     if record.kind == "sweep":
         plots.append(sweep_chart(record, band, suggestion))

@@ -35,6 +35,8 @@ def report_data(record: RunRecord, band: Band | None = None, mode: str | GateMod
     }
     if record.kind == "sweep":
         data["suggestion"] = suggest_scale(record, band, mode=mode)
+    if record.kind == "learn":
+        data["learning"] = record.data["learning"]["rows"]
     if baseline is not None:
         rows = [r for r in regression_rows(baseline, record, band, mode) if modules or r["module"] == "*"]
         data["regression"] = {

@@ -171,7 +171,8 @@ def metadata_text(record: RunRecord) -> Text:
     """One dim line: preset, seed, batches, versions, when."""
     env = record.data.get("environment", {})
     run = record.data.get("run", {})
-    parts = [f"seed {record.data['seed']}", batches_text(record)]
+    parts = [f"seed {record.data['seed']}",
+             f"{record.data['learning']['steps']} steps" if record.kind == "learn" else batches_text(record)]
     parts += [f"{k} {env[k]}" for k in ("gradflow", "torch") if env.get(k)]
     if run.get("created"):
         parts.append(str(run["created"]))
@@ -190,6 +191,10 @@ def render_record(record: RunRecord, band: Band | None = None, mode: str | GateM
     """Everything the terminal shows for one record: the branch x target table, then (compare) the
     per-module breakdown with bars, or (sweep) the table and the retention per scale with the suggestion."""
     band = band or Band()
+    if record.kind == "learn":
+        from .learning import render_learning
+
+        return Group(render_learning(record), metadata_text(record), *notes_text(record))
     sweep = record.kind == "sweep"
     parts: list[RenderableType] = [retention_table(record, band, mode, modules and sweep), metadata_text(record),
                                    *notes_text(record)]

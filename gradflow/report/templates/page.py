@@ -91,6 +91,19 @@ farther from the band.</p>
 {% endfor %}</tbody></table></div>
 {% endif %}
 
+{% if learning is not none %}
+<h2>Learning</h2>
+<p class="sub">learning ratio = held-out loss decrease with the branch / without it</p>
+<div class="scroll"><table>
+<thead><tr><th>branch</th><th>scale</th><th>decrease with</th><th>decrease without</th><th>learning ratio</th>
+<th>interval</th><th>status</th></tr></thead>
+<tbody>
+{% for r in learning %}<tr><td class="name">{{ r.branch }}</td><td class="num">{{ r.scale }}</td>
+<td class="num">{{ r.decrease_with }}</td><td class="num">{{ r.decrease_without }}</td>
+<td class="num">{{ r.ratio }}</td><td class="num">{{ r.interval }}</td>
+<td>{{ r.status }}{% if r.note %}: {{ r.note }}{% endif %}</td></tr>
+{% endfor %}</tbody></table></div>
+{% else %}
 <h2>Retention</h2>
 <div class="scroll"><table>
 <thead><tr><th>branch</th>{% if sweep %}<th>scale</th>{% endif %}<th>target</th><th>module</th><th>norm with</th>
@@ -103,6 +116,7 @@ farther from the band.</p>
 <td><span class="v v-{{ r.verdict_class }}" title="{{ r.note }}">{{ r.verdict }}</span></td></tr>
 {% endfor %}</tbody></table></div>
 {% if hidden_modules %}<p class="sub">{{ hidden_modules }} module rows hidden (--no-modules).</p>{% endif %}
+{% endif %}
 
 <h2>Plots</h2>
 {% for plot in plots %}<figure>
