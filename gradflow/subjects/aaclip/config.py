@@ -81,6 +81,11 @@ class AAClipConfig:
     #: scale of the stage-1 / stage-2 cross-attention output; None = the version's default.
     text_cross_attn_weight: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] | None = None
     image_cross_attn_weight: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] | None = None
+    #: calibration, not a property of AA-CLIP: rescale the stage-2 text context per token to this L2 norm
+    #: (None: as the random-init model gives it, about 0.6). The fork's docs put the real model's raw text
+    #: context at "per-token norm about 17" (GRADIENT_DILUTION_FIX.md, shared/reference/aaclip.md s. 11); runs
+    #: with it are labelled "random init, calibrated magnitudes". v2 normalises the context, so only v1 feels it.
+    text_context_norm: Annotated[float, Field(gt=0.0, le=1e4, allow_inf_nan=False)] | None = None
     #: turn the cross-attention branches on at all (the model's own flag; False = plain AA-CLIP).
     use_cross_attention: bool = True
     heads: Annotated[int, Field(ge=1, le=1024)] = 8
@@ -190,6 +195,8 @@ class AAClipConfig:
         out = dataclasses.asdict(self)
         out["resolved_text_cross_attn_weight"] = self.resolved_text_cross_attn_weight
         out["resolved_image_cross_attn_weight"] = self.resolved_image_cross_attn_weight
+        out["magnitudes"] = "random init" if self.text_context_norm is None else (
+            f"random init, calibrated magnitudes (text context per-token norm {self.text_context_norm:g})")
         return out
 
 
@@ -241,6 +248,7 @@ _STAGE_ALIASES = {
     "stage1.surgery_layers": "surgery_layers",
     "stage1.text_adapt_weight": "text_adapt_weight",
     "stage2.image_cross_attn_weight": "image_cross_attn_weight",
+    "stage2.text_context_norm": "text_context_norm",
     "stage2.batch_size": "stage2_batch_size",
     "stage2.image_adapt_weight": "image_adapt_weight",
 }
@@ -257,7 +265,7 @@ def override_keys() -> list[str]:
 
 
 _LIST_FIELDS = {"levels", "class_names"}
-_OPTIONAL_FIELDS = {"text_cross_attn_weight", "image_cross_attn_weight"}
+_OPTIONAL_FIELDS = {"text_cross_attn_weight", "image_cross_attn_weight", "text_context_norm"}
 
 
 def _parse(field_name: str, raw: Any) -> Any:

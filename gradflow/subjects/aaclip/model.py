@@ -179,9 +179,13 @@ class AdaptedCLIP(nn.Module):
         """Stage-2 context of one class: hidden states after text block 0 + adapter 0, flattened.
 
         ``tokens (16, 77)`` -> ``(16 * 77, text_width)``; padding tokens included, no ln_final, and not
-        normalised here (v2 normalises per token inside :class:`ImageCrossAttention`).
+        normalised here (v2 normalises per token inside :class:`ImageCrossAttention`). With
+        ``cfg.text_context_norm`` (a calibration) every token is rescaled to that L2 norm.
         """
-        return self.text_hidden(tokens, stop_after=1).reshape(-1, self.text_width)
+        context = self.text_hidden(tokens, stop_after=1).reshape(-1, self.text_width)
+        if self.cfg.text_context_norm is not None:
+            context = context * (self.cfg.text_context_norm / context.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        return context
 
     # ------------------------------------------------------------------------------------------ image
     def forward(
