@@ -27,6 +27,8 @@ _EXPORTS = {
     "compare": "measure",
     "learn": "learning",
     "sweep": "measure",
+    "Monitor": "monitor",
+    "RetentionFailure": "monitor",
     "Probe": "probing",
     "probe": "probing",
     "RunRecord": "record",
@@ -61,6 +63,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .errors import AblationError, GradflowError, LossError, ProbeError, RecordError, SelectorError, SubjectError
     from .learning import learn
     from .measure import compare, sweep
+    from .monitor import Monitor, RetentionFailure
     from .probing import Probe, probe
     from .record import RunRecord, load_run
     from .select import parameters_of, select_modules

@@ -25,6 +25,7 @@ reduce it, so they are only given with ``local=True``. A compiled model runs eag
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,12 @@ class Probe:
         self._handles: list[Any] = []
         self._forward_calls: dict[str, int] = {name: 0 for name, _ in self.modules}
         self._in_backward = False
+        self._read_grad_later = True
+        self._pending_param_refs: list[tuple[int, nn.Parameter]] = []
+        self._pending_param_grads: list[tuple[int, torch.Tensor]] = []
+        self._pending_outputs: list[tuple[list[str], torch.Tensor]] = []
+        self._hooked: dict[int, tuple[weakref.ref, list[str]]] = {}
+        self._pending_bytes = 0
         self._current_params: dict[int, torch.Tensor] = {}
         self._current_outputs: dict[str, list[torch.Tensor]] = {}
         self._backwards: list[tuple[dict[int, torch.Tensor], dict[str, list[torch.Tensor]], bool]] = []
@@ -107,10 +114,18 @@ class Probe:
         return self._stack is not None
 
     # -- hooks -------------------------------------------------------------------------------------
+    # Hooks only collect: the norms of one backward are computed at its end in one fused float64 call per
+    # (device, dtype) group, not one kernel per hook. A parameter whose .grad is None when its gradient arrives
+    # (the usual zero_grad(set_to_none=True) loop) is read from .grad at the end (torch's AccumulateGrad takes
+    # the gradient over without a copy); one that accumulates, has post-accumulate hooks, or lives under
+    # DDP/FSDP2 (where .grad is reduced across ranks) keeps its own gradient tensor until then.
+    _FLUSH_BYTES = 64 * 1024 * 1024  # output gradients held before an early fused norm (bounded memory)
+
     def _install(self) -> None:
+        self._read_grad_later = not (self.runtime is not None and self.runtime.is_global)
         if self._want_params:
             for param in self._params:
-                self._handles.append(param.register_hook(self._param_hook(id(param))))
+                self._handles.append(param.register_hook(self._param_hook(param)))
         for name, module in self.modules:
             self._handles.append(module.register_forward_hook(self._forward_hook(name)))
 
@@ -120,17 +135,30 @@ class Probe:
             torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
 
     def _end_backward(self) -> None:
+        self._flush_outputs()
+        refs = [(key, p.grad) for key, p in self._pending_param_refs]
+        grads = self._pending_param_grads + [(key, g) for key, g in refs if g is not None]
+        norms = vector_norms([g for _, g in grads], exact=False)
+        self._current_params = {key: n for (key, _), n in zip(grads, norms, strict=True)}
+        self._pending_param_refs, self._pending_param_grads = [], []
         synced = True
         for wrapper in self.runtime.outer if self.runtime is not None else []:
             synced = synced and bool(getattr(wrapper, "require_backward_grad_sync", True))
         self._backwards.append((self._current_params, self._current_outputs, synced))
         self._current_params, self._current_outputs = {}, {}
+        self._hooked = {}
         self._in_backward = False
 
-    def _param_hook(self, key: int) -> Callable[[torch.Tensor], None]:
+    def _param_hook(self, param: nn.Parameter) -> Callable[[torch.Tensor], None]:
+        key = id(param)
+
         def hook(grad: torch.Tensor) -> None:
             self._begin_backward()
-            self._current_params[key] = torch.linalg.vector_norm(grad.detach(), dtype=torch.float64)
+            if self._read_grad_later and param.grad is None and not getattr(param, "_post_accumulate_grad_hooks",
+                                                                            None):
+                self._pending_param_refs.append((key, param))
+            else:
+                self._pending_param_grads.append((key, grad.detach()))
 
         return hook
 
@@ -140,18 +168,38 @@ class Probe:
             if not self._want_outputs:
                 return
             for tensor in tensors_in(output):
-                if tensor.requires_grad:
-                    self._handles.append(tensor.register_hook(self._output_hook(name)))
+                if not tensor.requires_grad:
+                    continue
+                # A container returns its last child's tensor: one hook per tensor, shared by every module
+                # that returned it, so the same gradient is not measured twice.
+                seen = self._hooked.get(id(tensor))
+                if seen is not None and seen[0]() is tensor:
+                    seen[1].append(name)
+                    continue
+                names = [name]
+                self._hooked[id(tensor)] = (weakref.ref(tensor), names)
+                self._handles.append(tensor.register_hook(self._output_hook(names)))
 
         return hook
 
-    def _output_hook(self, name: str) -> Callable[[torch.Tensor], None]:
+    def _output_hook(self, names: list[str]) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             self._begin_backward()
-            self._current_outputs.setdefault(name, []).append(
-                torch.linalg.vector_norm(grad.detach(), dtype=torch.float64))
+            self._pending_outputs.append((names, grad.detach()))
+            self._pending_bytes += grad.numel() * grad.element_size()
+            if self._pending_bytes > self._FLUSH_BYTES:
+                self._flush_outputs()
 
         return hook
+
+    def _flush_outputs(self) -> None:
+        if not self._pending_outputs:
+            return
+        norms = vector_norms([g for _, g in self._pending_outputs], exact=False)
+        for (names, _), norm in zip(self._pending_outputs, norms, strict=True):
+            for name in names:
+                self._current_outputs.setdefault(name, []).append(norm)
+        self._pending_outputs, self._pending_bytes = [], 0
 
     # -- results -----------------------------------------------------------------------------------
     @property

@@ -98,3 +98,11 @@ def test_measure_does_not_import_open_clip_or_report():
             "'rich', 'pandas') or m.startswith('gradflow.report') or m.startswith('gradflow.cli')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_importing_gradflow_imports_no_framework():
+    code = ("import sys, gradflow, gradflow.monitor, gradflow.integrations; gradflow.Monitor; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', "
+            "'transformers', 'tensorboard', 'peft', 'diffusers', 'timm', 'wandb')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
