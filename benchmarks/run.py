@@ -21,6 +21,7 @@ from torch import nn
 
 import gradflow as gf
 from benchmarks.timing import child_peak_rss, interleaved, paired_ratios
+from benchmarks.training_loop import training_loop_overhead
 from benchmarks.workloads import make_steps, plain_pass
 from gradflow.files import write_atomic
 from gradflow.norms import to_floats, vector_norms
@@ -234,6 +235,14 @@ def markdown(results: dict) -> str:
                          f"[{row['auto_ci'][0]:.3f}, {row['auto_ci'][1]:.3f}] | {row['fixed_batches']} | "
                          f"{row['fixed_s']:.1f} | {row['fixed_retention']:.3f} [{row['fixed_ci'][0]:.3f}, "
                          f"{row['fixed_ci'][1]:.3f}] | {row['ratio']:.2f} |")
+    if results.get("training_loop"):
+        tl = results["training_loop"]
+        lines += ["", f"## In the training loop — {tl['model']} ({tl['modules']} modules), interleaved rounds", "",
+                  "| variant | median step (s) | ratio vs plain [min, max] |", "|---|---:|---:|"]
+        for name, row in tl.items():
+            if isinstance(row, dict):
+                lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio']:.3f} [{row['ratio_min']:.2f}, "
+                             f"{row['ratio_max']:.2f}] |")
     ps = results["probe_scaling"]
     lines += ["", "## Probe overhead vs number of probed modules (params + outputs of every module)", "",
               "| modules | ratio vs plain |", "|---:|---:|"]
@@ -287,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["compare_efficiency"].append({"preset": preset, **row})
     results["norm_kernels"] = norm_kernels(rounds if quick else 9, quick)
     results["sequential"] = sequential_decision("tiny" if quick else "small", 8, quick)
+    results["training_loop"] = training_loop_overhead(1 if quick else 40, quick)
     results["probe_scaling"] = probe_scaling([10, 50] if quick else [10, 100, 300, 1000], rounds)
     results["scale"] = [scale_runs("tiny" if quick else "small", [1, 2] if quick else [1, 2, 4],
                                    [1, 2] if quick else [1, 2, 4], 1 if quick else 3)]

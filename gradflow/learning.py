@@ -212,6 +212,7 @@ def learn(
     eval_batches: int = 4,
     eval_every: int | None = None,
     targets: Any = None,
+    train: str = "all",
     seed: int = 0,
     confidence: float = 0.95,
     progress: Callable[[int, int], None] | None = None,
@@ -230,6 +231,9 @@ def learn(
         eval_batches: held-out batches evaluated before, during and after training (at least 2).
         eval_every: evaluate every this many steps (default: about ten points per curve).
         targets: target names whose gradient norms are recorded per step (default: the subject's).
+        train: ``"all"`` trains every trainable parameter of the subject (the branch's own included: with the
+            branch the model also has more to learn with); ``"targets"`` trains only the targets' parameters
+            in every run, which isolates how much the targets themselves learn.
         seed: seeds every step's RNG (the same per step in every setting) and the evaluation passes.
         confidence: level of the learning-ratio interval.
         progress: ``progress(done, total)`` after every training step.
@@ -260,10 +264,14 @@ def learn(
     runtime = inspect_model(subject.wrapped_model)
     if runtime.is_global:
         raise SubjectError("learn does not run under DDP/FSDP2 yet: run it in one process on the unwrapped model.")
+    if train not in ("all", "targets"):
+        raise SubjectError(f"train must be 'all' or 'targets', got {train!r}.")
     params = [p for p in subject.model.parameters() if p.requires_grad]
     if not params:
         raise SubjectError("the subject has no trainable parameter (requires_grad); there is nothing to train.")
     layout = target_layout(subject, target_names)
+    if train == "targets":
+        params = list(layout.params)
     settings = [Setting("with"), Setting(f"without:{branch}", {branch: subject.branch(branch)})]
     settings += [Setting(f"scale={s!r}:{branch}", {branch: Branch(selector, "scale", s)}, s)
                  for s in validate_scales(scales)] if scales else []
@@ -286,7 +294,7 @@ def learn(
     finally:
         state.restore()
     rows = _learning_rows(runs, settings, branch, confidence)
-    learning = {"steps": steps, "train_batches": n_train, "first_eval_batch": first_eval,
+    learning = {"steps": steps, "train": train, "train_batches": n_train, "first_eval_batch": first_eval,
                 "optimizer": {"name": optimizer, "lr": lr, "betas": list(betas)},
                 "eval_batches": eval_batches, "eval_every": every, "interval": "jackknife of the ratio of mean "
                 "per-batch held-out loss decreases, Student t with E-1 df (over evaluation batches, not seeds)",

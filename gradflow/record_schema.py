@@ -213,6 +213,7 @@ class Optimizer(_Model):
 
 class Learning(_Model):
     steps: Annotated[int, Field(ge=1)]
+    train: Literal["all", "targets"] = "all"
     train_batches: Annotated[int, Field(ge=1)]
     first_eval_batch: Count
     optimizer: Optimizer

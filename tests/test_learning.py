@@ -25,11 +25,11 @@ def subject(net, batches, **kwargs):
     return gf.Subject(net, mse, batches, branches=BRANCHES, targets=TARGETS, **kwargs)
 
 
-def hand_written(net, batches, steps, n_train, eval_indices, lr, seed, enabled, factor=1.0):
-    """Adam on every trainable parameter, batch s % n_train at step s, dropout seeded per step."""
+def hand_written(net, batches, steps, n_train, eval_indices, lr, seed, enabled, factor=1.0, params=None):
+    """Adam on every trainable parameter (or ``params``), batch s % n_train at step s, dropout seeded per step."""
     saved = {n: p.detach().clone() for n, p in net.named_parameters()}
     net.set_cross(enabled, factor)
-    params = [p for p in net.parameters() if p.requires_grad]
+    params = params or [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
 
     def evaluate():
@@ -72,6 +72,19 @@ def test_curves_equal_a_hand_written_loop():
     row = record.data["learning"]["rows"][0]
     first, last = runs["with"]["eval_first"], runs["with"]["eval_last"]
     assert row["decrease_with"] == pytest.approx(sum(first) / 2 - sum(last) / 2, abs=1e-12)
+
+
+def test_training_only_the_targets_equals_a_loop_over_their_parameters():
+    net = make_net(dropout=0.2).train()
+    batches = make_batches(7)
+    record = gf.learn(subject(net, batches), "cross", steps=5, lr=0.01, eval_batches=2, eval_every=1, seed=1,
+                      train="targets")
+    adapters = [p for b in net.blocks for p in b.adapter.parameters()]
+    for name, enabled in (("with", True), ("without:cross", False)):
+        train, evals = hand_written(net, batches, 5, 5, [5, 6], 0.01, 1, enabled, params=adapters)
+        assert max(abs(a - b) for a, b in zip(record.data["learning"]["runs"][name]["eval_loss"], evals,
+                                              strict=True)) < 1e-10
+    assert record.data["learning"]["train"] == "targets"
 
 
 def test_target_norms_per_step_equal_autograd():

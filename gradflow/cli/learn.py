@@ -36,6 +36,8 @@ def command(
     scales: Annotated[str | None, typer.Option(help="Also train with the branch output scaled by each of these "
                                                "(comma-separated).")] = None,
     eval_batches: Annotated[int, typer.Option(help="Held-out batches for the loss (at least 2).")] = 4,
+    train: Annotated[str, typer.Option(help="all: train what the subject trains; targets: only the targets' "
+                                       "parameters (isolates their own learning).")] = "all",
     subject: SubjectOpt = "aaclip",
     preset: PresetOpt = None,
     target: Annotated[list[str] | None, typer.Option(help="Target whose gradient norm is recorded per step.")] = None,
@@ -66,7 +68,8 @@ def command(
         sub = load(subject, preset, overrides, weights, adapters, data)
         with progress_reporter(quiet or as_json, "training steps") as progress:
             record = learn(sub, ablate, steps=steps, optimizer=optimizer, lr=lr, scales=scale_values,
-                           eval_batches=eval_batches, targets=target, seed=seed, progress=progress)
+                           eval_batches=eval_batches, targets=target, train=train, seed=seed,
+                           progress=progress)
         if out is not None:
             record.save(out)
         if as_json:

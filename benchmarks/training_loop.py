@@ -1,0 +1,133 @@
+"""Cost of gradient monitoring inside a training step, against the usual tools, in one interleaved run.
+
+A 12-block ViT (timm, width 192, 64 px, batch 16) with a bottleneck adapter after every block; one SGD
+step per call. Variants: no logging; gradflow's per-step ``.grad`` norms of every adapter
+(``Monitor.log_grad_norms``); Lightning's ``grad_norm`` utility; Cockpit's ``GradNorm`` quantity (when
+cockpit-for-pytorch is installed); ``gf.probe`` on the adapters' parameters; ``gf.probe`` on the parameters
+and outputs of every module. And the price of one retention check (``Monitor.check``) in plain steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import gradflow as gf
+from benchmarks.timing import interleaved, paired_ratios
+
+
+class Adapter(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.down, self.up = nn.Linear(width, 32), nn.Linear(32, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(torch.relu(self.down(x)))
+
+
+class AdaptedBlock(nn.Module):
+    def __init__(self, block: nn.Module, width: int) -> None:
+        super().__init__()
+        self.block, self.adapter = block, Adapter(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(x)
+        return x + self.adapter(x)
+
+
+def adapter_vit(depth: int = 12, width: int = 192) -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=64, patch_size=8, embed_dim=width, depth=depth,
+                                                           num_heads=3, num_classes=10)
+    vit.blocks = nn.Sequential(*[AdaptedBlock(b, width) for b in vit.blocks])
+    return vit
+
+
+def steps(model: nn.Module, quick: bool) -> dict[str, Callable[[], None]]:
+    x, y = torch.randn(4 if quick else 16, 3, 64, 64), torch.randint(0, 10, (4 if quick else 16,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    monitor = gf.Monitor(model, loss_fn, branches={"adapters": "blocks.*.adapter"},
+                         targets={"adapters": "blocks.*.adapter"}, every=10**9)
+    checker = gf.Monitor(model, loss_fn, branches={"adapters": "blocks.*.adapter"}, targets={"head": "head"},
+                         every=1)
+
+    def step(after_backward: Callable[[], object] | None = None) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model, (x, y)).backward()
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+
+    def probed(selector: str, outputs: bool) -> Callable[[], None]:
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with gf.probe(model, selector, outputs=outputs) as p:
+                loss_fn(model, (x, y)).backward()
+            p.norms()
+            if outputs:
+                p.output_norms(allow_unobserved=True)
+            optimizer.step()
+        return run
+
+    variants: dict[str, Callable[[], None]] = {
+        "plain": step,
+        "gradflow_grad_norms": lambda: step(monitor.grad_norms),
+    }
+    try:
+        from lightning.pytorch.utilities import grad_norm
+
+        variants["lightning_grad_norm"] = lambda: step(lambda: grad_norm(model, norm_type=2))
+    except ImportError:
+        pass
+    cockpit_step = _cockpit_step(model, x, y)
+    if cockpit_step is not None:
+        variants["cockpit_gradnorm"] = cockpit_step
+    variants["gradflow_probe_adapters"] = probed("blocks.*.adapter", outputs=False)
+    variants["gradflow_probe_all_modules"] = probed("**", outputs=True)
+    variants["check_every_step"] = lambda: (step(), checker.check(0, (x, y)))
+    return variants
+
+
+def _cockpit_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None] | None:
+    try:
+        from backpack import extend
+        from cockpit import Cockpit, quantities
+    except Exception:  # noqa: BLE001 - an optional comparison: skipped when cockpit-for-pytorch does not import
+        return None
+    loss_fn = extend(nn.CrossEntropyLoss())
+    individual = nn.CrossEntropyLoss(reduction="none")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    cockpit = Cockpit(list(model.parameters()), quantities=[quantities.GradNorm(track_schedule=lambda _s: True)])
+    counter = [0]
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = loss_fn(out, y)
+        info = {"batch_size": len(x), "individual_losses": individual(out, y), "loss": loss, "optimizer": optimizer}
+        with cockpit(counter[0], info=info):
+            loss.backward(create_graph=cockpit.create_graph(counter[0]))
+        optimizer.step()
+        counter[0] += 1
+
+    try:
+        run()
+    except Exception:  # noqa: BLE001 - Cockpit cannot run on this model: leave it out rather than guess
+        return None
+    return run
+
+
+def training_loop_overhead(rounds: int, quick: bool = False) -> dict:
+    """Per-variant ratio to the plain step (median of per-round ratios), one interleaved run."""
+    model = adapter_vit(depth=2 if quick else 12)
+    result = paired_ratios(interleaved(steps(model, quick), rounds, 0 if quick else 2), "plain")
+    return {"model": "timm ViT, 12 blocks, width 192, 64 px, batch 16, adapter after every block",
+            "modules": sum(1 for _ in model.modules()), **result}
