@@ -194,6 +194,35 @@ def sequential_decision(preset: str, fixed: int, quick: bool) -> list[dict]:
     return out
 
 
+def learn_cost(preset: str, steps: int, rounds: int) -> dict:
+    """Time of ``learn`` (with/without the branch, eval batches included) over the (1+S)*K plain training steps
+    it has to run at least, S = 1 ablated setting; both timed in the same run."""
+    subject = make_subject(preset=preset)
+    params = [p for p in subject.model.parameters() if p.requires_grad]
+    batches = [subject.batch(i) for i in range(steps)]
+
+    def floor() -> None:
+        saved = [p.detach().clone() for p in params]
+        optimizer = torch.optim.Adam(params, lr=5e-4, betas=(0.5, 0.999))
+        for _ in range(2):  # (1 + S) settings
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                subject.loss_fn(subject.model, batch).backward()
+                optimizer.step()
+            with torch.no_grad():
+                for p, value in zip(params, saved, strict=True):
+                    p.copy_(value)
+        subject.model.zero_grad(set_to_none=True)
+
+    def run_learn() -> None:
+        gf.learn(subject, "cross_attn", steps=steps, lr=5e-4, betas=(0.5, 0.999), eval_batches=2,
+                 eval_every=steps, targets=["image_adapter"])
+
+    result = paired_ratios(interleaved({"floor": floor, "learn": run_learn}, rounds, min(WARMUP, 1)), "floor")
+    return {"preset": preset, "steps": steps, "settings": 2, **result["learn"],
+            "floor_median_s": result["floor"]["median_s"]}
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     lines = [
@@ -235,6 +264,15 @@ def markdown(results: dict) -> str:
                          f"[{row['auto_ci'][0]:.3f}, {row['auto_ci'][1]:.3f}] | {row['fixed_batches']} | "
                          f"{row['fixed_s']:.1f} | {row['fixed_retention']:.3f} [{row['fixed_ci'][0]:.3f}, "
                          f"{row['fixed_ci'][1]:.3f}] | {row['ratio']:.2f} |")
+    if results.get("learn_cost"):
+        lc = results["learn_cost"]
+        lines += ["", "## Cost of `learn` — over the (1+S)·K plain training steps it must run (S = 1, "
+                  "K steps)", "", "| preset | K | learn (s) | floor (s) | ratio [min, max] |",
+                  "|---|---:|---:|---:|---:|",
+                  f"| {lc['preset']} | {lc['steps']} | {lc['median_s']:.2f} | {lc['floor_median_s']:.2f} | "
+                  f"{lc['ratio']:.3f} [{lc['ratio_min']:.2f}, {lc['ratio_max']:.2f}] |",
+                  "", "The rest is the held-out evaluation (2 batches before and after each run) and the state "
+                  "restore."]
     if results.get("training_loop"):
         tl = results["training_loop"]
         lines += ["", f"## In the training loop — {tl['model']} ({tl['modules']} modules), interleaved rounds", "",
@@ -297,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["norm_kernels"] = norm_kernels(rounds if quick else 9, quick)
     results["sequential"] = sequential_decision("tiny" if quick else "small", 8, quick)
     results["training_loop"] = training_loop_overhead(1 if quick else 40, quick)
+    results["learn_cost"] = learn_cost("tiny" if quick else "small", 2 if quick else 10, 1 if quick else 3)
     results["probe_scaling"] = probe_scaling([10, 50] if quick else [10, 100, 300, 1000], rounds)
     results["scale"] = [scale_runs("tiny" if quick else "small", [1, 2] if quick else [1, 2, 4],
                                    [1, 2] if quick else [1, 2, 4], 1 if quick else 3)]

@@ -196,8 +196,16 @@ class Ablation:
 def ablate(model: nn.Module, branches: Mapping[str, Branch] | Branch) -> Iterator[list[str]]:
     """Switch off (or scale) every branch in ``branches`` inside the context.
 
-    Yields the qualified names of the ablated modules. Hooks are removed on exit, also on exceptions.
-    On a clean exit, a module whose forward never ran inside the context raises :class:`AblationError`.
+    Args:
+        model: the model whose modules are hooked.
+        branches: ``{name: Branch}`` or one :class:`Branch`.
+
+    Yields:
+        The qualified names of the ablated modules. Hooks are removed on exit, also on exceptions.
+
+    Raises:
+        AblationError: on a clean exit, when an ablated module's forward never ran inside the context (nothing
+            was switched off); or when a module cannot be ablated in the requested mode.
     """
     if isinstance(branches, Branch):
         branches = {"branch": branches}

@@ -332,6 +332,15 @@ class Probe:
 def probe(model: nn.Module, selector: SelectorLike, *, params: bool = True, outputs: bool = True) -> Probe:
     """A :class:`Probe` on the modules of ``model`` matched by ``selector``; use it as a context manager.
 
+    Args:
+        model: the model (compile/DDP/DataParallel wrappers are taken off).
+        selector: which modules to probe.
+        params: record parameter-gradient norms.
+        outputs: record output-gradient norms.
+
+    Returns:
+        The :class:`Probe` (its hooks go on when the ``with`` block starts).
+
     >>> with gf.probe(model, "blocks.*.adapter") as p:
     ...     loss = loss_fn(model, batch)   # the forward inside the probe: output hooks attach here
     ...     loss.backward()

@@ -272,9 +272,17 @@ def _rank() -> int:
 
 
 def load_run(path: str | os.PathLike[str]) -> RunRecord:
-    """Read and validate a run record; a missing, corrupt, oversized or foreign file raises :class:`RecordError`.
+    """Read and validate a run record (version 1 records are migrated, see :mod:`gradflow.record_schema`).
 
-    Version 1 records are migrated (see :mod:`gradflow.record_schema`).
+    Args:
+        path: the record file (JSON, at most 256 MiB).
+
+    Returns:
+        The :class:`RunRecord`.
+
+    Raises:
+        RecordError: the file is missing, unreadable, too large, not JSON, or not a valid record (the message
+            names the JSON path of the first bad field).
     """
     file = Path(path)
     try:

@@ -189,9 +189,19 @@ def select_modules(
 
     Names are canonical (see :func:`canonical_name`); a selector may also be written with the raw
     ``_orig_mod`` names of a compiled model, or with one of ``aliases`` in front (the name of a wrapper the
-    model was taken out of, e.g. ``"module"`` for DistributedDataParallel). Results follow the model's
-    module order; a module reachable under several names appears once, under the first matching name.
-    Raises :class:`SelectorError` naming close matches when nothing matches.
+    model was taken out of, e.g. ``"module"`` for DistributedDataParallel).
+
+    Args:
+        model: the model to search.
+        selector: a glob, ``re:`` regex, module type, predicate ``(name, module) -> bool``, or a list of these.
+        aliases: wrapper names a selector may start with.
+
+    Returns:
+        ``(name, module)`` pairs in the model's module order; a module reachable under several names appears
+        once, under the first matching name.
+
+    Raises:
+        SelectorError: the selector is malformed or matches nothing (the message names close matches).
     """
     matches = _matcher(selector)
     seen: set[int] = set()
@@ -222,7 +232,14 @@ def parameters_of(
 ) -> list[tuple[str, nn.Parameter]]:
     """Unique parameters of ``modules`` (recursively) with their qualified names in ``model``.
 
-    A parameter shared by several modules appears once, under its first name in ``model``.
+    Args:
+        model: the model the names are taken from.
+        modules: ``(name, module)`` pairs, e.g. from :func:`select_modules`.
+        trainable_only: leave out parameters with ``requires_grad=False``.
+
+    Returns:
+        ``(qualified name, parameter)`` pairs; a parameter shared by several modules appears once, under its
+        first name in ``model``.
     """
     qualified = {}
     for name, param in model.named_parameters(remove_duplicate=False):

@@ -123,11 +123,17 @@ def _as_target(name: str, value: Any) -> Target:
 class Subject:
     """What is diagnosed.
 
-    ``loss_fn(model, batch)`` must return a scalar tensor. ``batches`` is a list, an ``index -> batch``
-    function or an iterable. ``branches`` and ``targets`` map names to selectors (or :class:`Branch` /
-    :class:`Target`). ``config`` is recorded verbatim in run records. ``default_branches``,
-    ``default_targets`` and ``default_batches`` are what ``compare`` uses when the caller names none
-    (all branches / all targets / every batch of a sized source otherwise).
+    Args:
+        model: the model; a ``torch.compile``, DDP or DataParallel wrapper is taken off (``wrapped_model``
+            keeps what was given, ``model`` is the module the passes run on).
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``; it must call the ``model`` it is given.
+        batches: a list, an ``index -> batch`` function or an iterable.
+        branches: names -> selectors or :class:`Branch` (not :class:`Target`).
+        targets: names -> selectors or :class:`Target` (not :class:`Branch`).
+        name, preset, config: recorded verbatim in run records.
+        default_branches, default_targets, default_batches: what ``compare`` uses when the caller names none
+            (all branches / all targets / every batch of a sized source otherwise); ``default_batches`` may
+            be ``"auto"``.
     """
 
     model: nn.Module

@@ -46,6 +46,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 def subject_factory(func: F) -> F:
     """Mark ``func`` as a subject factory that probe specs and ``--subject module:factory`` may call.
 
+    Args:
+        func: a function returning a :class:`gradflow.Subject` (it may take ``preset``, ``overrides``,
+            ``seed``, ``weights``... as keyword arguments).
+
+    Returns:
+        ``func`` itself, marked.
+
     >>> import gradflow as gf
     >>> @gf.subject_factory
     ... def make_subject(preset=None, seed=0, overrides=None) -> gf.Subject: ...
