@@ -35,7 +35,7 @@ from torch import nn
 from ._tree import tensors_in
 from .errors import ProbeError
 from .norms import combine_norms, to_floats, vector_norms
-from .runtime import Runtime, inspect_model, unwrap
+from .runtime import Runtime, force_eager, inspect_model, unwrap
 from .select import SelectorLike, select_modules
 
 ModuleNorms = dict[str, float | None]
@@ -88,8 +88,8 @@ class Probe:
         self.notes = list(self.runtime.notes)
         self._stack = contextlib.ExitStack()
         try:
-            if self.runtime.compiled:
-                self._stack.enter_context(self.runtime.measuring())
+            if self.runtime.compiled:  # only run compiled code eagerly: the user's own DDP forward must still work
+                self._stack.enter_context(force_eager())
             self._install()
         except BaseException:
             self.__exit__(None, None, None)

@@ -77,14 +77,15 @@ class Runtime:
     def measuring(self) -> Iterator[None]:
         """The context every pass runs in: compiled code runs eagerly, outer wrappers must stay unused."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_force_eager())
+            stack.enter_context(force_eager())
             handles = [module.register_forward_pre_hook(_outer_called(module)) for module in self.outer]
             stack.callback(lambda: [h.remove() for h in handles])
             yield
 
 
 @contextlib.contextmanager
-def _force_eager() -> Iterator[None]:
+def force_eager() -> Iterator[None]:
+    """Inside: every torch.compile'd function and module runs eagerly (hooks fire)."""
     set_stance = getattr(torch.compiler, "set_stance", None)
     if set_stance is None:  # pragma: no cover - torch < 2.6 has no stances; nothing is compiled then either
         yield
