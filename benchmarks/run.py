@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,9 @@ def markdown(results: dict) -> str:
         f"interleaved rounds after 2 warm-ups (lower is better; 1.00 = as fast as the baseline).",
         "",
     ]
+    if len(set(results.get("measured_at", {}).values())) > 1:
+        lines += ["Sections measured at: " + ", ".join(f"{name} {when}" for name, when in
+                                                       results["measured_at"].items()) + ".", ""]
     for preset, res in results["probe_overhead"].items():
         lines += [f"## Probe overhead — AA-CLIP `{preset}`, one training step (fwd + bwd + Adam step)", "",
                   "| variant | median step (s) | time ratio vs plain [min, max] | peak RSS in 3 steps (MB) "
@@ -303,44 +307,73 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sections(quick: bool, skip_full: bool) -> dict[str, Callable[[], object]]:
+    """Every section of the report, by name, as a function that measures it."""
+    rounds = 1 if quick else 7
+    presets = ["tiny"] if quick else ["tiny", "small"]
+
+    def compare_rows() -> list[dict]:
+        rows = []
+        for preset in presets:
+            for branches in (["cross_attn"], ["cross_attn", "image_adapter"]):
+                n_rounds = 1 if quick else (9 if preset == "tiny" else 3)
+                row = compare_efficiency(preset, branches, 1 if quick else 2, n_rounds)
+                rows.append({"preset": preset, **row})
+        return rows
+
+    def scale() -> list[dict]:
+        runs = [scale_runs("tiny" if quick else "small", [1, 2] if quick else [1, 2, 4],
+                           [1, 2] if quick else [1, 2, 4], 1 if quick else 3)]
+        if not quick and not skip_full:
+            runs.append(scale_runs("full", [1, 2], [], 1))  # one 2-batch run, read at both batches
+        return runs
+
+    return {
+        "probe_overhead": lambda: {p: probe_overhead(p, 1 if quick else (21 if p == "tiny" else 9), 0 if quick else 3)
+                                   for p in presets},
+        "compare_efficiency": compare_rows,
+        "norm_kernels": lambda: norm_kernels(rounds if quick else 9, quick),
+        "sequential": lambda: sequential_decision("tiny" if quick else "small", 8, quick),
+        "training_loop": lambda: training_loop_overhead(1 if quick else 40, quick),
+        "learn_cost": lambda: learn_cost("tiny" if quick else "small", 2 if quick else 10, 1 if quick else 3),
+        "probe_scaling": lambda: probe_scaling([10, 50] if quick else [10, 100, 300, 1000], rounds),
+        "scale": scale,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 round, nothing written")
     parser.add_argument("--skip-full", action="store_true", help="skip the ViT-L (full preset) scale runs")
+    parser.add_argument("--only", default="", help="comma-separated sections to re-measure; the others are kept "
+                        "from the existing benchmarks.json (each section records when it was measured)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "reports")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     quick = args.quick
     global WARMUP
     WARMUP = 0 if quick else 2
-    rounds = 1 if quick else 7
+    runners = sections(quick, args.skip_full)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(runners)
+    unknown = sorted(set(chosen) - set(runners))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(runners)}")
+    existing = args.out_dir / "benchmarks.json"
+    results: dict = json.loads(existing.read_text()) if args.only and existing.exists() and not quick else {}
     started = time.perf_counter()
-    results: dict = {
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.run" + (" --quick" if quick else ""),
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results.update({
+        "created": now,
+        "command": " ".join(["python -m benchmarks.run", *(["--quick"] if quick else []),
+                             *([f"--only {args.only}"] if args.only else [])]),
         "environment": environment(),
         "cpu_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
-    }
-    presets = ["tiny"] if quick else ["tiny", "small"]
-    results["probe_overhead"] = {
-        p: probe_overhead(p, 1 if quick else (21 if p == "tiny" else 9), 0 if quick else 3) for p in presets
-    }
-    results["compare_efficiency"] = []
-    for preset in presets:
-        for branches in (["cross_attn"], ["cross_attn", "image_adapter"]):
-            compare_rounds = 1 if quick else (9 if preset == "tiny" else 3)
-            row = compare_efficiency(preset, branches, 1 if quick else 2, compare_rounds)
-            results["compare_efficiency"].append({"preset": preset, **row})
-    results["norm_kernels"] = norm_kernels(rounds if quick else 9, quick)
-    results["sequential"] = sequential_decision("tiny" if quick else "small", 8, quick)
-    results["training_loop"] = training_loop_overhead(1 if quick else 40, quick)
-    results["learn_cost"] = learn_cost("tiny" if quick else "small", 2 if quick else 10, 1 if quick else 3)
-    results["probe_scaling"] = probe_scaling([10, 50] if quick else [10, 100, 300, 1000], rounds)
-    results["scale"] = [scale_runs("tiny" if quick else "small", [1, 2] if quick else [1, 2, 4],
-                                   [1, 2] if quick else [1, 2, 4], 1 if quick else 3)]
-    if not quick and not args.skip_full:
-        results["scale"].append(scale_runs("full", [1, 2], [], 1))  # one 2-batch run, read at both batches
+    })
+    measured = results.setdefault("measured_at", {})
+    for name in chosen:
+        results[name] = runners[name]()
+        measured[name] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     if not quick:
         write_atomic(args.out_dir / "benchmarks.json", json.dumps(results, indent=1) + "\n")

@@ -23,31 +23,40 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 #: Elements per piece of the fast path: small enough that float32 accumulation inside a piece stays below
-#: 1e-7 relative error, large enough that one fused call covers a whole model's gradients.
+#: 1e-7 relative error (a plain float32 norm of 1e7 elements is off by 5e-4), large enough to stay cheap.
 PIECE = 1 << 14
 
 
 def _pieces_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Norms of ``tensors`` (float64, one vector): float32 norms of 64K-element pieces, combined in float64."""
-    pieces: list[torch.Tensor] = []
+    """Norms of ``tensors`` (float64, one vector): float32 norms of 16K-element rows, combined in float64.
+
+    One row-wise norm kernel per tensor (its whole rows viewed as a matrix) plus one for the remainder; as
+    fast as a fused float32 ``_foreach_norm`` on CPU and as accurate as float64 to about 1e-7.
+    """
+    row_norms: list[torch.Tensor] = []
     lengths: list[int] = []
     for tensor in tensors:
         flat = tensor.reshape(-1)
-        parts = list(flat.split(PIECE)) if flat.numel() > PIECE else ([flat] if flat.numel() else [])
-        pieces += parts
-        lengths.append(len(parts))
-    if not pieces:
-        return torch.zeros(len(tensors), dtype=torch.float64, device=tensors[0].device)
-    squares = torch.stack(torch._foreach_norm(pieces, 2, dtype=torch.float32)).to(torch.float64).square()
-    lengths_t = torch.tensor(lengths, device=squares.device)
-    return torch.segment_reduce(squares, "sum", lengths=lengths_t, unsafe=True).sqrt()
+        whole = flat.numel() - flat.numel() % PIECE
+        parts = []
+        if whole:
+            parts.append(torch.linalg.vector_norm(flat[:whole].view(-1, PIECE), dim=1, dtype=torch.float32))
+        if whole < flat.numel():
+            parts.append(torch.linalg.vector_norm(flat[whole:], dtype=torch.float32).reshape(1))
+        row_norms += parts
+        lengths.append(sum(part.numel() for part in parts))
+    device = tensors[0].device
+    if not row_norms:
+        return torch.zeros(len(tensors), dtype=torch.float64, device=device)
+    squares = torch.cat(row_norms).to(torch.float64).square()
+    return torch.segment_reduce(squares, "sum", lengths=torch.tensor(lengths, device=device), unsafe=True).sqrt()
 
 
 def vector_norms(tensors: Sequence[torch.Tensor], exact: bool = True) -> list[torch.Tensor]:
     """The L2 norm of each tensor as a float64 0-d tensor on the tensor's own device.
 
     ``exact``: accumulate every element in float64 (``compare``: a few target tensors). ``exact=False`` (the
-    probe, per-step logging: every module's gradients each step) sums 64K-element pieces in float32 and the
+    probe, per-step logging: every module's gradients each step) sums 16K-element pieces in float32 and the
     pieces in float64 — within 1e-7 of the float64 norm at a fifth of its cost on CPU; float64 inputs are exact
     either way. DTensors contribute their local shard (combine shards across ranks with
     :mod:`gradflow.distributed`).

@@ -310,6 +310,52 @@ def test_probe_on_compiled_model_observes_outputs():
     assert any("torch.compile" in note for note in p.notes)
 
 
+def test_probe_accumulated_norm_sees_grads_changed_after_the_backward():
+    # The probe reuses a backward's norm of a fresh .grad at exit only while that tensor is unchanged.
+    net = make_net()
+    batch = make_batches(1)[0]
+    params = list(net.blocks[0].adapter.parameters())
+    expected = norm_of(torch.autograd.grad(mse(net, batch), params))
+    with gf.probe(net, "blocks.0.adapter") as clipped:
+        mse(net, batch).backward()
+        for param in params:
+            param.grad.mul_(0.25)  # in place, as clip_grad_norm_ does
+    assert rel_err(clipped.norms()["blocks.0.adapter"], expected) < TOL
+    assert rel_err(clipped.accumulated_norms()["blocks.0.adapter"], expected / 4) < TOL
+    net.zero_grad(set_to_none=True)
+    with gf.probe(net, "blocks.0.adapter") as replaced:
+        mse(net, batch).backward()
+        for param in params:
+            param.grad = param.grad * 3  # a new tensor
+    assert rel_err(replaced.accumulated_norms()["blocks.0.adapter"], 3 * expected) < TOL
+    net.zero_grad(set_to_none=True)
+    with gf.probe(net, "blocks.0.adapter") as unchanged:
+        mse(net, batch).backward()
+    assert rel_err(unchanged.accumulated_norms()["blocks.0.adapter"], expected) < TOL
+
+
+def test_probe_output_hooks_do_not_confuse_a_freed_tensor_with_a_new_one():
+    # Output tensors that nothing keeps alive are freed during the forward; a later output may reuse the id.
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(6))
+
+        def forward(self, x):
+            total = 0
+            for layer in self.layers:
+                layer(x)  # discarded: tensor and graph freed at once, the next output may reuse its id
+                total = total + layer(x).sum()  # sum saves nothing: this output is freed at once too
+            return total
+
+    net = Chain()
+    x = torch.randn(4, 8)
+    with gf.probe(net, "layers.*", params=False) as p:
+        net(x).backward()
+    for name, value in p.output_norms().items():
+        assert rel_err(value, math.sqrt(32)) < TOL, name  # d(total)/d(output) is all ones (4 x 8)
+
+
 # ------------------------------------------------------------------------------------------ norms
 def test_norms_are_float64_exact_on_a_million_elements():
     generator = torch.Generator().manual_seed(0)
