@@ -161,6 +161,8 @@ def _measure(
     """Run batches (fixed or sequential) and return the engine, passes, rows and the batch rule."""
     if precision is not None and not (isinstance(precision, int | float) and 0 < precision < float("inf")):
         raise SubjectError(f"precision must be a positive number (the interval width to stop at), got {precision!r}.")
+    if batches is None:
+        batches = subject.default_batches  # a subject may default to "auto" (the AA-CLIP one does)
     sequential = batches == "auto"
     schedule = _schedule(subject, max_batches, confidence) if sequential else None
     n_max = schedule.max_batches if schedule else _batch_count(subject, batches)  # type: ignore[arg-type]
