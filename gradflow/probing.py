@@ -82,6 +82,7 @@ class Probe:
         self._backwards: list[_BackwardRecord] = []
         self._accumulated: dict[int, torch.Tensor | None] | None = None
         self._grad_norm_seen: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+        self._accumulators: dict[int, Any] = {}
 
     # -- context -----------------------------------------------------------------------------------
     def __enter__(self) -> Probe:
@@ -108,6 +109,7 @@ class Probe:
                 handle.remove()
             self._handles.clear()
             self._output_handles.clear()
+            self._accumulators = {}
             if self._stack is not None:
                 self._stack.close()
                 self._stack = None
@@ -132,6 +134,8 @@ class Probe:
     def _install(self) -> None:
         self._read_grad_later = not (self.runtime is not None and self.runtime.is_global)
         if self._want_params:
+            if self._read_grad_later:  # to ask, in a hook, whether this pass will write .grad (not autograd.grad)
+                self._accumulators = {id(p): _accumulate_node(p) for p in self._params}
             for param in self._params:
                 self._handles.append(param.register_hook(_ParamHook(self, param)))
         self._names_of: dict[int, tuple[str, ...]] = {}
@@ -169,7 +173,8 @@ class Probe:
 
     def _on_param_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
         self._begin_backward()
-        if self._read_grad_later and param.grad is None and not getattr(param, "_post_accumulate_grad_hooks", None):
+        if (self._read_grad_later and param.grad is None and not getattr(param, "_post_accumulate_grad_hooks", None)
+                and _will_accumulate(self._accumulators.get(id(param)))):
             self._pending_param_refs.append((id(param), param))
         else:
             self._pending_param_grads.append((id(param), grad.detach()))
@@ -364,6 +369,28 @@ def _union(module: nn.Module, params_of: Callable[[nn.Module], list[nn.Parameter
     own = [p for p in module._parameters.values() if p is not None and p.requires_grad]
     children = [p for child in module._modules.values() if child is not None for p in params_of(child)]
     return list({id(p): p for p in own + children}.values())
+
+
+def _accumulate_node(param: nn.Parameter) -> Any:
+    """The AccumulateGrad node that writes ``param.grad`` (``None`` where torch cannot give it)."""
+    try:
+        return torch.autograd.graph.get_gradient_edge(param).node
+    except Exception:  # noqa: BLE001 - then every gradient is kept (correct, only slower)
+        return None
+
+
+def _will_accumulate(node: Any) -> bool:
+    """Whether the running backward pass will write this parameter's ``.grad``.
+
+    False under ``torch.autograd.grad`` (torch refuses the question for leaves there) and whenever torch
+    cannot answer: the gradient is then kept by the hook, which is always correct.
+    """
+    if node is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except Exception:  # noqa: BLE001 - see above
+        return False
 
 
 def _same_live(hooks_seen: object, hooks_now: object) -> bool:

@@ -334,6 +334,38 @@ def test_probe_accumulated_norm_sees_grads_changed_after_the_backward():
     assert rel_err(unchanged.accumulated_norms()["blocks.0.adapter"], expected) < TOL
 
 
+def test_one_probe_open_across_training_steps():
+    net = make_net()
+    batches = make_batches(4)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    params = list(net.blocks[1].adapter.parameters())
+    with gf.probe(net, "blocks.*.adapter") as p:
+        for batch in batches:
+            optimizer.zero_grad(set_to_none=True)
+            expected = norm_of(torch.autograd.grad(mse(net, batch), params))
+            outputs = mse(net, batch)
+            outputs.backward()
+            assert rel_err(p.norms()["blocks.1.adapter"], expected) < TOL
+            assert rel_err(p.accumulated_norms()["blocks.1.adapter"], expected) < TOL
+            assert p.output_norms()["blocks.1.adapter"] is not None
+            optimizer.step()
+            del outputs
+            assert len(p._output_handles) <= 2 * len(net.blocks)  # freed outputs' hook handles are let go
+    assert p.n_backward == 2 * len(batches)  # each step: the reference autograd.grad and the backward
+
+
+def test_probe_records_torch_autograd_grad_passes():
+    # autograd.grad never writes .grad: the probe must keep the gradient its hook saw, not read .grad later.
+    net = make_net()
+    batch = make_batches(1)[0]
+    params = list(net.blocks[0].adapter.parameters())
+    with gf.probe(net, "blocks.0.adapter") as p:
+        grads = torch.autograd.grad(mse(net, batch), params)
+    assert rel_err(p.norms()["blocks.0.adapter"], norm_of(grads)) < TOL
+    assert p.accumulated_norms()["blocks.0.adapter"] is None  # and .grad stays untouched
+    assert all(param.grad is None for param in params)
+
+
 def test_probe_output_hooks_do_not_confuse_a_freed_tensor_with_a_new_one():
     # Output tensors that nothing keeps alive are freed during the forward; a later output may reuse the id.
     class Chain(nn.Module):
