@@ -76,3 +76,27 @@ def test_unbounded_batch_requests_are_refused():
     with pytest.raises(gf.SubjectError, match="more than gradflow runs"):
         gf.compare(gf.Subject(sub.model, sub.loss_fn, lambda i: (torch.ones(1), torch.ones(1)),
                               branches={"b": "branch"}, targets={"w": "weights.*"}), batches=100_000_000_000)
+
+
+def test_the_readme_main_job_runs_auto_by_default(tmp_path):
+    # `gradflow compare --ablate cross_attn` without --batches: the AA-CLIP subject defaults to "auto".
+    out = tmp_path / "run.json"
+    result = CliRunner().invoke(app, ["compare", "--ablate", "cross_attn", "--preset", "tiny", "--max-batches", "3",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rule = gf.load_run(out).data["batches"]["rule"]
+    assert rule["rule"].startswith("group-sequential") and rule["looks"] == [3]
+
+
+@pytest.mark.parametrize(("rule", "fragment"), [
+    ({"rule": "fixed"}, "run with --batches auto"),
+    ({"rule": "group-sequential", "reason": "decided"}, "per-module row can stay uncertain"),
+    ({"rule": "group-sequential", "reason": "max_batches"}, "Raise --max-batches"),
+    ({"rule": "group-sequential", "reason": "precise"}, "as narrow as the --precision"),
+])
+def test_uncertain_hint_follows_how_the_batch_count_was_chosen(rule, fragment):
+    from types import SimpleNamespace
+
+    from gradflow.report.format import uncertain_hint
+
+    assert fragment in uncertain_hint(SimpleNamespace(data={"batches": {"count": 3, "rule": rule}}))

@@ -133,6 +133,22 @@ UNCERTAIN_HINT = ("uncertain: the interval straddles a bound (or one batch has n
                   "decide; run with --batches auto or more batches")
 
 
+def uncertain_hint(record: Any) -> str:
+    """What to do about ``uncertain`` rows, given how the record chose its batch count."""
+    rule = (record.data.get("batches") or {}).get("rule")
+    if not isinstance(rule, dict) or rule.get("rule") == "fixed":
+        return UNCERTAIN_HINT
+    if rule.get("reason") == "max_batches":
+        return ("uncertain: the interval straddles a bound; --batches auto reached its last look (--max-batches or "
+                "every batch the source has) before deciding. Raise --max-batches, or read the retention as close "
+                "to the bound")
+    if rule.get("reason") == "precise":
+        return ("uncertain: the interval straddles a bound but is as narrow as the --precision asked for: the "
+                "retention is that close to the bound")
+    return ("uncertain: the interval straddles a bound. --batches auto stops once the whole-target rows are "
+            "decided, so a per-module row can stay uncertain; fix more batches (--batches N) to decide it")
+
+
 def measurement_notes(record: Any) -> tuple[list[str], list[str]]:
     """``(notes, warnings)`` of how a record was measured: wrappers taken off, gradient paths, global or
     local numbers, resolved selectors; warnings such as a sweep whose scale changed nothing."""

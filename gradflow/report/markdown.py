@@ -7,7 +7,6 @@ from typing import Any
 from ..record import RunRecord
 from ..verdicts import Band, Change, GateMode, Verdict, passes, verdict
 from .format import (
-    UNCERTAIN_HINT,
     batches_text,
     ci_label,
     fmt_ci,
@@ -19,6 +18,7 @@ from .format import (
     md_escape,
     measurement_notes,
     module_label,
+    uncertain_hint,
 )
 from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, rule_text, why
 from .sweep import suggest_scale
@@ -71,7 +71,7 @@ def record_markdown(record: RunRecord, band: Band | None = None, mode: str | Gat
              f"seed {record.data['seed']}", ""]
     lines += _table(header, align, rows)
     if any(verdict(r, band, mode) is Verdict.UNCERTAIN for r in record.rows):
-        lines += ["", md_escape(UNCERTAIN_HINT)]
+        lines += ["", md_escape(uncertain_hint(record))]
     notes, warnings = measurement_notes(record)
     if notes or warnings:
         lines += ["", *(f"> **warning:** {md_escape(w)}" for w in warnings),

@@ -13,7 +13,6 @@ from rich.text import Text
 from ..record import RunRecord
 from ..verdicts import Band, GateMode, Verdict, verdict
 from .format import (
-    UNCERTAIN_HINT,
     batches_text,
     ci_label,
     fmt_ci,
@@ -25,6 +24,7 @@ from .format import (
     measurement_notes,
     module_label,
     text,
+    uncertain_hint,
     visible,
 )
 from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, rule_text, why
@@ -48,7 +48,7 @@ def retention_table(
     caption = (f"band {band.describe()}, verdict on the {mode} estimate; {batches_text(record)}, "
                f"seed {record.data['seed']}")
     if any(verdict(r, band, mode) is Verdict.UNCERTAIN for r in record.rows):
-        caption += "\n" + UNCERTAIN_HINT
+        caption += "\n" + uncertain_hint(record)
     table = Table(title=text(title), caption=Text(caption))  # the caption holds only gradflow's own words
     table.add_column("branch")
     if record.kind == "sweep":
