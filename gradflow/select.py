@@ -148,7 +148,8 @@ def canonical_name(name: str) -> str:
 
 def is_compile_wrapper(module: nn.Module) -> bool:
     """Whether ``module`` is torch.compile's ``OptimizedModule`` wrapper (its forward runs ``_orig_mod``)."""
-    return hasattr(module, COMPILE_SEGMENT) and type(module).__name__ == "OptimizedModule"
+    # the type name first: hasattr on a Module raises and catches an AttributeError, slow over every module
+    return type(module).__name__ == "OptimizedModule" and hasattr(module, COMPILE_SEGMENT)
 
 
 def named_modules(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
