@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import gradflow as gf
-from gradflow.norms import to_floats, vector_norms
+from gradflow.norms import PIECE, to_floats, vector_norms
 
 TOL = 1e-6
 
@@ -395,6 +395,16 @@ def test_norms_are_float64_exact_on_a_million_elements():
     exact = math.sqrt(math.fsum(v * v for v in grad.double().tolist()))
     (got,) = to_floats(vector_norms([grad]))
     assert rel_err(got, exact) < 1e-12
+
+
+@pytest.mark.parametrize("numel", [0, 1, 100, 4095, 4096, 4097, 30_000, 1_000_000])
+def test_fast_norms_are_within_2e7_of_float64(numel):
+    generator = torch.Generator().manual_seed(numel)
+    tensors = [torch.randn(numel, generator=generator) * torch.rand(numel, generator=generator) * 5,
+               torch.randn(numel, 3, generator=generator).t()]  # non-contiguous
+    for got, tensor in zip(to_floats(vector_norms(tensors, exact=False)), tensors, strict=True):
+        exact = math.sqrt(math.fsum(v * v for v in tensor.double().flatten().tolist()))
+        assert abs(got - exact) <= (2e-7 if tensor.numel() >= PIECE else 1e-12) * exact  # small: float64
 
 
 def test_norms_group_mixed_dtypes_and_keep_order():
