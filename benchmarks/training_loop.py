@@ -9,6 +9,7 @@ and outputs of every module. And the price of one retention check (``Monitor.che
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -92,8 +93,46 @@ def steps(model: nn.Module, quick: bool) -> dict[str, Callable[[], None]]:
         variants["cockpit_gradnorm"] = cockpit_step
     variants["gradflow_probe_adapters"] = probed("blocks.*.adapter", outputs=False)
     variants["gradflow_probe_all_modules"] = probed("**", outputs=True)
+    variants["gradflow_probe_all_modules_open"] = _open_probe_step(model, x, y)
+    variants["floor_read_output_grads_once"] = _read_once_step(model, x, y)
     variants["check_every_step"] = lambda: (step(), checker.check(0, (x, y)))
     return variants
+
+
+def _twin_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               after_backward: Callable[[], object]) -> Callable[[], None]:
+    """A plain step on a copy of ``model`` (same weights, its own optimizer), for hooks that stay installed."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        after_backward()
+        optimizer.step()
+    return run
+
+
+def _open_probe_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """``gf.probe`` on every module of a copy of ``model``, opened once for the whole run (no per-step
+    selection and hook setup)."""
+    twin = copy.deepcopy(model)
+    probe = gf.probe(twin, "**", outputs=True).__enter__()  # noqa: PLC2801 - open for the life of the benchmark
+    return _twin_step(twin, x, y, lambda: (probe.norms(), probe.output_norms(allow_unobserved=True)))
+
+
+def _read_once_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """The floor for output norms, on a copy of ``model``: a hook per distinct module output that reads its
+    gradient once (a sum) and keeps nothing."""
+    twin = copy.deepcopy(model)
+    sink: list[torch.Tensor] = []
+
+    def on_forward(_module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad and not output._backward_hooks:
+            output.register_hook(lambda grad: sink.append(grad.sum()))  # a module returning its input: once
+
+    for module in twin.modules():
+        module.register_forward_hook(on_forward)
+    return _twin_step(twin, x, y, sink.clear)
 
 
 def _cockpit_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None] | None:

@@ -14,6 +14,8 @@ from torch.utils import _pytree as pytree  # torch's own nested-structure walker
 
 def tensors_in(obj: Any) -> list[torch.Tensor]:
     """All tensors inside ``obj``, in a stable order."""
+    if isinstance(obj, torch.Tensor):  # the common case, without the tree walk (a tensor is a leaf to pytree)
+        return [obj]
     return [leaf for leaf in pytree.tree_leaves(obj) if isinstance(leaf, torch.Tensor)]
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import gradflow as gf
-from gradflow.norms import PIECE, to_floats, vector_norms
+from gradflow.norms import PIECE, piece_norms, to_floats, vector_norms
 
 TOL = 1e-6
 
@@ -278,6 +278,25 @@ def test_probe_accumulation_reports_each_backward_and_the_accumulated_grad():
     assert p.accumulated_norms()["blocks.0.adapter"] is not None  # read at exit, not after zero_grad
 
 
+def test_a_probe_open_for_a_whole_run_reads_only_the_last_backward(monkeypatch):
+    # norms() once per step of a long run must not re-read every earlier backward (quadratic in steps)
+    import gradflow.probing as probing
+
+    net = make_net()
+    batch = make_batches(1)[0]
+    unpacked = []
+    original = probing._unpack
+    monkeypatch.setattr(probing, "_unpack", lambda packed: unpacked.append(1) or original(packed))
+    with gf.probe(net, "blocks.*.adapter") as p:
+        for _ in range(20):
+            mse(net, batch).backward()
+            unpacked.clear()
+            p.norms()
+            p.output_norms()
+            assert len(unpacked) <= 2
+    assert len(p.backward_norms()) == 20
+
+
 def test_probe_output_norms_refuse_a_forward_run_outside_the_probe():
     net = make_net()
     loss = mse(net, make_batches(1)[0])  # the forward before the probe (the old README example)
@@ -405,6 +424,42 @@ def test_fast_norms_are_within_2e7_of_float64(numel):
     for got, tensor in zip(to_floats(vector_norms(tensors, exact=False)), tensors, strict=True):
         exact = math.sqrt(math.fsum(v * v for v in tensor.double().flatten().tolist()))
         assert abs(got - exact) <= (2e-7 if tensor.numel() >= PIECE else 1e-12) * exact  # small: float64
+
+
+def _float64_norm(tensor: torch.Tensor) -> float:
+    return math.sqrt(math.fsum(v * v for v in tensor.double().flatten().tolist()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("numel", [0, 7, 4096, 4099, 21_000, 28_693, 199_680])  # 4099 is prime: rows + a tail
+def test_piece_norms_have_the_tensors_norm(numel, dtype):
+    generator = torch.Generator().manual_seed(numel)
+    tensor = (torch.randn(numel, generator=generator) * 4).to(dtype)
+    transposed = torch.randn(3, numel, generator=generator).to(dtype).t()  # non-contiguous
+    for t in (tensor, transposed):
+        pieces = piece_norms(t)
+        assert pieces.dim() == 1 and pieces.numel() <= max(1, t.numel() // (PIECE // 8) + 1)
+        (got,) = to_floats(vector_norms([pieces]))
+        assert abs(got - _float64_norm(t)) <= 2e-7 * _float64_norm(t)
+
+
+def test_probe_float32_output_norms_match_autograd_on_every_piece_path():
+    # outputs of 7 x 4099 (rows and a tail), 7 x 3000 (rows that divide it) and 7 x 1 (one float64 piece)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 4099), nn.Tanh(), nn.Linear(4099, 3000), nn.Tanh(), nn.Linear(3000, 1))
+    x = torch.randn(7, 16)
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [module.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o))
+               for name, module in net.named_children()]
+    loss = net(x).square().sum()
+    for handle in handles:
+        handle.remove()
+    names = list(outputs)
+    expected = dict(zip(names, torch.autograd.grad(loss, [outputs[n] for n in names]), strict=True))
+    with gf.probe(net, ["0", "1", "2", "3", "4"]) as p:
+        net(x).square().sum().backward()
+    for name, value in p.output_norms().items():
+        assert abs(value - _float64_norm(expected[name])) <= 2e-7 * _float64_norm(expected[name]), name
 
 
 def test_norms_group_mixed_dtypes_and_keep_order():
