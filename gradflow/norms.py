@@ -18,9 +18,12 @@ import torch
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The local part of a DTensor (a sharded parameter's gradient under FSDP2); other tensors as they are."""
+    """The local part of a DTensor (a sharded parameter's gradient under FSDP2), a complex tensor viewed as its
+    real and imaginary parts (the same norm); other tensors as they are."""
     to_local = getattr(tensor, "to_local", None)
-    return to_local() if callable(to_local) else tensor
+    if callable(to_local):
+        tensor = to_local()
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 #: Elements per piece of the fast path: small enough that float32 accumulation inside a piece stays near float32

@@ -443,6 +443,27 @@ def test_piece_norms_have_the_tensors_norm(numel, dtype):
         assert abs(got - _float64_norm(t)) <= 2e-7 * _float64_norm(t)
 
 
+def test_norms_of_complex_gradients():
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(5000, dtype=torch.complex64, generator=generator),
+               torch.randn(7, dtype=torch.complex128, generator=generator)]
+    for exact in (True, False):
+        for got, tensor in zip(to_floats(vector_norms(tensors, exact=exact)), tensors, strict=True):
+            assert rel_err(got, _float64_norm(tensor.abs())) < 1e-6
+    net = nn.Sequential(nn.Linear(4, 4), _ToComplex())
+    x = torch.randn(3, 4)
+    with gf.probe(net, "**") as p:  # module "1" returns a complex tensor: its output gradient is complex
+        net(x).abs().sum().backward()
+    out = net(x)
+    (expected,) = torch.autograd.grad(out.abs().sum(), out)
+    assert rel_err(p.output_norms()["1"], _float64_norm(expected.abs())) < 1e-6
+
+
+class _ToComplex(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_complex(x.reshape(-1, 2))
+
+
 def test_probe_float32_output_norms_match_autograd_on_every_piece_path():
     # outputs of 7 x 4099 (rows and a tail), 7 x 3000 (rows that divide it) and 7 x 1 (one float64 piece)
     torch.manual_seed(0)
