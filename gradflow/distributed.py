@@ -21,13 +21,21 @@ from typing import Any
 import torch
 
 from .errors import SubjectError
-from .norms import to_floats, vector_norms
+from .norms import dense_real, to_floats, vector_norms
 from .runtime import Runtime
 
 
 def _local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     to_local = getattr(tensor, "to_local", None)
     return to_local() if callable(to_local) else tensor
+
+
+def _dense_entries(tensor: torch.Tensor) -> torch.Tensor:
+    """Every entry of ``tensor`` in place, flat and real: what an element-wise all-reduce needs (a sparse
+    gradient's stored values differ in number and position from rank to rank)."""
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    return (torch.view_as_real(tensor) if tensor.is_complex() else tensor).reshape(-1)
 
 
 def _device(params: Sequence[torch.Tensor]) -> torch.device:
@@ -117,8 +125,8 @@ def reduce_pass(
     head = torch.cat([presence, loss.to(device).reshape(1)])
     n = len(grads)
     if runtime.scope == "ddp":
-        flat = [torch.zeros(p.numel(), dtype=torch.float64, device=device) if g is None
-                else g.detach().reshape(-1).to(device=device, dtype=torch.float64)
+        flat = [torch.zeros(p.numel() * (2 if p.is_complex() else 1), dtype=torch.float64, device=device)
+                if g is None else _dense_entries(g.detach()).to(device=device, dtype=torch.float64)
                 for g, p in zip(grads, params, strict=True)]
         payload = torch.cat([head, *flat])
         dist.all_reduce(payload, op=dist.ReduceOp.SUM)
@@ -128,7 +136,7 @@ def reduce_pass(
         dist.all_reduce(head, op=dist.ReduceOp.SUM)
         payload = head
         squares = [torch.zeros((), dtype=torch.float64, device=device) if g is None
-                   else torch.linalg.vector_norm(_local_tensor(g.detach()), dtype=torch.float64).to(device).pow(2)
+                   else torch.linalg.vector_norm(dense_real(g.detach()), dtype=torch.float64).to(device).pow(2)
                    for g in grads]
         norms = [s.clamp_min(0).sqrt() for s in _sum_over_shards(squares, params)] if squares else []
     floats = to_floats([payload[n], *payload[:n].unbind(), *norms])

@@ -17,12 +17,17 @@ from collections.abc import Iterable, Sequence
 import torch
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The local part of a DTensor (a sharded parameter's gradient under FSDP2), a complex tensor viewed as its
-    real and imaginary parts (the same norm); other tensors as they are."""
+def dense_real(tensor: torch.Tensor) -> torch.Tensor:
+    """A dense real tensor with the norm of ``tensor``: the local part of a DTensor (a sharded parameter's
+    gradient under FSDP2), the stored values of a sparse one (``nn.Embedding(sparse=True)``; COO coalesced
+    first, so repeated indices are summed), a complex one viewed as its real and imaginary parts."""
     to_local = getattr(tensor, "to_local", None)
     if callable(to_local):
         tensor = to_local()
+    if tensor.layout == torch.sparse_coo:
+        tensor = tensor.coalesce().values()
+    elif tensor.layout != torch.strided:  # compressed sparse layouts store each entry once
+        tensor = tensor.values()
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
@@ -49,7 +54,7 @@ def piece_norms(tensor: torch.Tensor) -> torch.Tensor:
     (measured 6e-7 low per 4K row). Computed right away, it lets a hook drop the gradient it was handed:
     holding every module's output gradient until the end of the backward pass costs more than norming them.
     """
-    flat = _local(tensor.detach()).reshape(-1)
+    flat = dense_real(tensor.detach()).reshape(-1)
     numel = flat.numel()
     if numel <= PIECE or flat.dtype != torch.float32:
         return torch.linalg.vector_norm(flat, dtype=torch.float64).reshape(1)
@@ -86,7 +91,7 @@ def vector_norms(tensors: Sequence[torch.Tensor], exact: bool = True) -> list[to
     """
     out: list[torch.Tensor | None] = [None] * len(tensors)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
-    local = [_local(t.detach()) for t in tensors]
+    local = [dense_real(t.detach()) for t in tensors]
     for index, tensor in enumerate(local):
         groups[(tensor.device, tensor.dtype)].append(index)
     for (_, dtype), indices in groups.items():

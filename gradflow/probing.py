@@ -70,6 +70,7 @@ class Probe:
         self._stack: contextlib.ExitStack | None = None
         self._handles: list[Any] = []
         self._forward_calls: dict[str, int] = {name: 0 for name, _ in self.modules}
+        self._wrapper_forwards = 0
         self._in_backward = False
         self._read_grad_later = True
         self._pending_param_refs: list[tuple[int, nn.Parameter]] = []
@@ -145,6 +146,12 @@ class Probe:
         on_forward = self._on_forward
         for module in {id(module): module for _, module in self.modules}.values():
             self._handles.append(module.register_forward_hook(on_forward))
+        if self.runtime is not None and self.runtime.scope == "ddp":  # did the forward go through DDP?
+            for wrapper in self.runtime.outer:
+                self._handles.append(wrapper.register_forward_hook(self._on_wrapper_forward))
+
+    def _on_wrapper_forward(self, _module: nn.Module, _inputs: Any, _output: Any) -> None:
+        self._wrapper_forwards += 1
 
     def _begin_backward(self) -> None:
         if not self._in_backward:
@@ -273,6 +280,13 @@ class Probe:
         per_param = self._accumulated if self._accumulated is not None and not self.active \
             else self._grad_norm_tensors()
         runtime = self.runtime or inspect_model(self._given)
+        if (runtime.scope == "ddp" and not local and self._backwards and self._wrapper_forwards == 0
+                and any(self._forward_calls.values())):
+            raise ProbeError(
+                "the forward inside the probe called the module DDP wraps, not the DDP wrapper, so DDP did not "
+                "all-reduce the backward: .grad holds this rank's local gradient. Call the DDP-wrapped model in "
+                "the training step, or pass local=True to get this rank's numbers knowingly."
+            )
         if runtime.scope == "ddp" and not local and self._backwards and not self._backwards[-1].synced:
             raise ProbeError(
                 "the last backward pass ran under DDP's no_sync(): .grad holds this rank's local accumulated "

@@ -138,3 +138,27 @@ def reference_norm(model: Net, batch, params, seed: int, enabled: bool = True, f
 
 def rel_err(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-300)
+
+
+class SparseEmbeddingNet(nn.Module):
+    """Token ids -> a sparse-gradient embedding (``nn.Embedding(sparse=True)``) with two linear branches."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb, self.a, self.b = nn.Embedding(1000, 8, sparse=True), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.head = nn.Linear(8, 1)
+        self.double()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        e = self.emb(ids)
+        return self.head(e + self.a(e) + self.b(e) ** 2).mean()
+
+
+#: Token ids with repeats (one sparse COO gradient row per occurrence until coalesced), 4 per rank of 2.
+SPARSE_IDS = torch.tensor([1, 2, 2, 5, 1, 7, 2, 9])
+
+
+def sparse_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model(ids)
+

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_models import make_batches, make_net, mse, rel_err
+from reference_models import SPARSE_IDS, SparseEmbeddingNet, make_batches, make_net, mse, rel_err, sparse_loss
 
 WORKER = Path(__file__).parent / "distributed" / "worker.py"
 TOL = 1e-9  # float64 models: the all-reduced numbers equal the single-process ones to rounding
@@ -87,6 +87,22 @@ def test_global_numbers_equal_single_process_on_the_union(mode, tmp_path):
         assert "local" in rank["probe_norms_error"]
     if mode == "ddp":
         assert "wrapper" in ranks[0]["wrapper_call_error"]
+
+
+def test_ddp_sparse_embedding_gradients_equal_single_process(tmp_path):
+    ranks = run_ranks("ddp_sparse", tmp_path)
+    net = SparseEmbeddingNet()
+    (grad,) = torch.autograd.grad(sparse_loss(net, SPARSE_IDS), [net.emb.weight])  # the mean over both ranks
+    handle = net.b.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    (without,) = torch.autograd.grad(sparse_loss(net, SPARSE_IDS), [net.emb.weight])
+    handle.remove()
+    for rank in ranks:
+        row = next(r for r in rank["compare"]["retention"] if r["target"] == "emb" and r["module"] == "*")
+        assert rel_err(row["norm_with"], grad.to_dense().norm().item()) < TOL
+        assert rel_err(row["norm_without"], without.to_dense().norm().item()) < TOL
+        assert rel_err(rank["probe_accumulated"]["emb"], grad.to_dense().norm().item()) < TOL
+        assert "not the DDP wrapper" in rank["bypass_error"]
+        assert rank["bypass_local"]["emb"] > 0
 
 
 def test_plain_model_under_a_process_group_says_its_numbers_are_local(tmp_path):

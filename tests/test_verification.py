@@ -7,7 +7,16 @@ import math
 
 import pytest
 import torch
-from reference_models import Switchable, make_batches, make_net, mse, rel_err
+from reference_models import (
+    SPARSE_IDS,
+    SparseEmbeddingNet,
+    Switchable,
+    make_batches,
+    make_net,
+    mse,
+    rel_err,
+    sparse_loss,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -457,6 +466,26 @@ def test_norms_of_complex_gradients():
     out = net(x)
     (expected,) = torch.autograd.grad(out.abs().sum(), out)
     assert rel_err(p.output_norms()["1"], _float64_norm(expected.abs())) < 1e-6
+
+
+def test_sparse_embedding_gradients_are_measured():
+    # nn.Embedding(sparse=True): a sparse COO gradient with repeated indices (1 and 2 more than once)
+    net, ids = SparseEmbeddingNet(), SPARSE_IDS
+
+    def dense_norm(zero_b: bool) -> float:
+        handle = net.b.register_forward_hook(lambda m, i, o: torch.zeros_like(o)) if zero_b else None
+        (grad,) = torch.autograd.grad(sparse_loss(net, ids), [net.emb.weight])
+        if handle is not None:
+            handle.remove()
+        return grad.to_dense().norm().item()
+
+    with gf.probe(net, "emb") as p:
+        sparse_loss(net, ids).backward()
+    assert rel_err(p.norms()["emb"], dense_norm(False)) < TOL
+    assert rel_err(p.accumulated_norms()["emb"], dense_norm(False)) < TOL
+    record = gf.compare(net, sparse_loss, [ids], branches={"b": "b"}, targets={"emb": "emb"})
+    assert rel_err(record.norms("emb")["with"], dense_norm(False)) < TOL
+    assert rel_err(record.norms("emb")["without"]["b"], dense_norm(True)) < TOL
 
 
 class _ToComplex(nn.Module):

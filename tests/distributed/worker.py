@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference_models import make_batches, make_net, mse  # noqa: E402
+from reference_models import SPARSE_IDS, SparseEmbeddingNet, make_batches, make_net, mse, sparse_loss  # noqa: E402
 
 import gradflow as gf  # noqa: E402
 
@@ -57,6 +57,26 @@ def main() -> None:
         except gf.SubjectError as exc:
             result["error"] = str(exc)
         (out / f"rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()
+        os._exit(0)
+    if mode == "ddp_sparse":  # an nn.Embedding(sparse=True) target: DDP all-reduces sparse gradients
+        model = torch.nn.parallel.DistributedDataParallel(SparseEmbeddingNet())
+        ids = SPARSE_IDS[4 * rank:4 * rank + 4]
+        record = gf.compare(model, sparse_loss, [ids], branches={"b": "b"}, targets={"emb": "emb"})
+        result["compare"] = record.data
+        with gf.probe(model, "emb") as probe:
+            sparse_loss(model, ids).backward()
+        result["probe_accumulated"] = probe.accumulated_norms()
+        model.zero_grad(set_to_none=True)
+        with gf.probe(model, "emb") as probe:
+            sparse_loss(model.module, ids).backward()  # around DDP: .grad is local
+        try:
+            probe.accumulated_norms()
+            result["bypass_error"] = None
+        except gf.ProbeError as exc:
+            result["bypass_error"] = str(exc)
+        result["bypass_local"] = probe.accumulated_norms(local=True)
+        (out / f"rank{rank}.json").write_text(json.dumps(result, default=str))
         dist.barrier()
         os._exit(0)
     with warnings.catch_warnings(record=True) as caught:
