@@ -285,6 +285,10 @@ def markdown(results: dict) -> str:
             if isinstance(row, dict):
                 lines.append(f"| {name} | {row['median_s']:.3f} | {row['ratio']:.3f} [{row['ratio_min']:.2f}, "
                              f"{row['ratio_max']:.2f}] |")
+        lines += ["", "`gradflow_probe_all_modules`: a `with gf.probe(model, \"**\")` block around every step; "
+                  "`..._open`: one probe opened for the whole run (no per-step selection and hook setup); "
+                  "`floor_read_output_grads_once`: a hook on each distinct module output that reads its gradient "
+                  "once (a sum) and keeps nothing — about the least any per-module output-gradient monitor costs."]
     ps = results["probe_scaling"]
     lines += ["", "## Probe overhead vs number of probed modules (params + outputs of every module)", "",
               "| modules | ratio vs plain |", "|---:|---:|"]
