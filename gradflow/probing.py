@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import weakref
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -71,7 +71,12 @@ class Probe:
         self._handles: list[Any] = []
         self._forward_calls: dict[str, int] = {name: 0 for name, _ in self.modules}
         self._wrapper_forwards = 0
-        self._in_backward = False
+        self._task: int | None = None  # the autograd graph task whose end closes the current record
+        self._nested_tasks: set[int] = set()
+        self._provisional: int | None = None  # a nested task that ended first; its outer backward may go on
+        self._carry: _BackwardRecord | None = None
+        self._carry_refs: set[int] = set()
+        self._leaf_hooks: dict[int, _OutputHook] = {}
         self._read_grad_later = True
         self._pending_param_refs: list[tuple[int, nn.Parameter]] = []
         self._pending_param_grads: list[tuple[int, torch.Tensor]] = []
@@ -81,7 +86,6 @@ class Probe:
         self._backwards: list[_BackwardRecord] = []
         self._keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._accumulated: dict[int, torch.Tensor | None] | None = None
-        self._grad_norm_seen: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
         self._accumulators: dict[int, Any] = {}
 
     # -- context -----------------------------------------------------------------------------------
@@ -90,6 +94,7 @@ class Probe:
             raise ProbeError("this Probe is already active; create a new one for another `with` block.")
         self.runtime = inspect_model(self._given)
         self.notes = list(self.runtime.notes)
+        self._accumulated = None  # read again when this block exits (a probe may be entered again)
         self._stack = contextlib.ExitStack()
         try:
             if self.runtime.compiled:  # only run compiled code eagerly: the user's own DDP forward must still work
@@ -109,6 +114,7 @@ class Probe:
                 handle.remove()
             self._handles.clear()
             self._output_handles.clear()
+            self._hooked, self._leaf_hooks = {}, {}
             self._accumulators = {}
             if self._stack is not None:
                 self._stack.close()
@@ -146,6 +152,9 @@ class Probe:
         on_forward = self._on_forward
         for module in {id(module): module for _, module in self.modules}.values():
             self._handles.append(module.register_forward_hook(on_forward))
+        # The model's own output gradient arrives first in a backward, in the outermost autograd graph task:
+        # a record then spans the whole backward, reentrant checkpoint regions (nested tasks) included.
+        self._handles.append(self.model.register_forward_hook(self._on_model_forward))
         if self.runtime is not None and self.runtime.scope == "ddp":  # did the forward go through DDP?
             for wrapper in self.runtime.outer:
                 self._handles.append(wrapper.register_forward_hook(self._on_wrapper_forward))
@@ -153,36 +162,77 @@ class Probe:
     def _on_wrapper_forward(self, _module: nn.Module, _inputs: Any, _output: Any) -> None:
         self._wrapper_forwards += 1
 
+    def _on_model_forward(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        for tensor in tensors_in(output):
+            if tensor.requires_grad and tensor.grad_fn is not None:
+                self._output_handles.append(tensor.register_hook(self._on_model_output_grad))
+
+    def _on_model_output_grad(self, _grad: torch.Tensor) -> None:
+        self._begin_backward()
+
     def _begin_backward(self) -> None:
-        if not self._in_backward:
-            self._in_backward = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+        task = torch._C._current_graph_task_id()
+        if self._task is not None:
+            if task == self._task or task in self._nested_tasks:
+                return
+            if _inside_function_backward():  # a reentrant backward inside ours (checkpoint): the same record
+                self._nested_tasks.add(task)
+                return
+            self._discard_partial()  # the backward our callback waited for raised before its end
+        if self._provisional is not None:
+            if task < self._provisional:  # the outer backward of the nested one that ended goes on
+                self._carry = self._backwards.pop()
+            else:
+                self._carry_refs = set()
+            self._provisional = None
+        self._task = task
+        torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+
+    def _discard_partial(self) -> None:
+        self._pending_param_refs, self._pending_param_grads, self._output_pieces = [], [], []
+        self._carry, self._carry_refs = None, set()
+        self._hooked = {}
+        self._task, self._nested_tasks = None, set()
+        note = "a backward pass inside the probe raised before its end; its partial gradients are not reported"
+        if note not in self.notes:
+            self.notes.append(note)
 
     def _end_backward(self) -> None:
+        task = self._task
+        self._task, self._nested_tasks = None, set()
+        if self._carry is None and not (self._pending_param_refs or self._pending_param_grads or self._output_pieces):
+            return  # only the model's output hook fired: no gradient reached a probed module
+        carried = {key for key, _ in self._pending_param_refs}
         refs = [(key, p.grad) for key, p in self._pending_param_refs]
         grads = self._pending_param_grads + [(key, g) for key, g in refs if g is not None]
         norms = vector_norms([g for _, g in grads], exact=False)
-        # .grad that this backward created: its norm is also the accumulated one while the tensor is unchanged
-        self._grad_norm_seen = {key: (weakref.ref(g), g._version, n)
-                                for (key, g), n in zip(grads[len(self._pending_param_grads):],
-                                                       norms[len(self._pending_param_grads):], strict=True)}
         self._pending_param_refs, self._pending_param_grads = [], []
         synced = True
         for wrapper in self.runtime.outer if self.runtime is not None else []:
             synced = synced and bool(getattr(wrapper, "require_backward_grad_sync", True))
         names, pieces = _unzip(self._output_pieces)
-        self._backwards.append(_BackwardRecord(params=_pack([key for key, _ in grads], norms, self._keys),
-                                               outputs=_pack(names, vector_norms(pieces), self._keys),
-                                               synced=synced))
+        record = _BackwardRecord(params=_pack([key for key, _ in grads], norms, self._keys),
+                                 outputs=_pack(names, vector_norms(pieces), self._keys), synced=synced)
+        if self._carry is not None:  # later entries win: a parameter read again holds its whole gradient
+            record = _BackwardRecord(params=self._carry.params + record.params,
+                                     outputs=self._carry.outputs + record.outputs, synced=synced)
+            carried |= self._carry_refs
+            self._carry = None
+        self._backwards.append(record)
         self._output_pieces = []
         self._hooked = {}
         # Tensors freed since are gone with their hooks; keep handles only for outputs still alive.
         self._output_handles = [h for h in self._output_handles if h.hooks_dict_ref() is not None]
-        self._in_backward = False
+        self._carry_refs = set()
+        if _inside_function_backward():  # a nested backward ended first: its outer one may still reach us
+            self._provisional, self._carry_refs = task, carried
 
     def _on_param_grad(self, param: nn.Parameter, grad: torch.Tensor) -> None:
         self._begin_backward()
-        if (self._read_grad_later and param.grad is None and not getattr(param, "_post_accumulate_grad_hooks", None)
+        # .grad is this backward's gradient when it starts empty and nothing else touches it on the way: no other
+        # tensor hook (one added after ours could rescale it) and no post-accumulate hook
+        if (self._read_grad_later and (param.grad is None or id(param) in self._carry_refs)
+                and len(param._backward_hooks or ()) == 1 and not getattr(param, "_post_accumulate_grad_hooks", None)
                 and _will_accumulate(self._accumulators.get(id(param)))):
             self._pending_param_refs.append((id(param), param))
         else:
@@ -200,13 +250,16 @@ class Probe:
             # A container returns its last child's tensor: one hook per tensor, shared by every module that
             # returned it, so the same gradient is not measured twice. The handle's weak reference to the
             # tensor's hook dict tells a live tensor from a new one that reuses a freed tensor's id.
-            seen = self._hooked.get(id(tensor))
+            # A leaf (a module returning its own parameter) outlives the backward: its hook stays for the
+            # probe's life instead of piling up one per step.
+            hooked = self._leaf_hooks if tensor.grad_fn is None else self._hooked
+            seen = hooked.get(id(tensor))
             if seen is not None and _same_live(seen.handle.hooks_dict_ref(), tensor._backward_hooks):
-                seen.names = (*seen.names, *names)
+                seen.names = (*seen.names, *(name for name in names if name not in seen.names))
                 continue
             hook = _OutputHook(self, names)
             hook.handle = tensor.register_hook(hook)
-            self._hooked[id(tensor)] = hook
+            hooked[id(tensor)] = hook
             self._output_handles.append(hook.handle)
 
     def _on_output_grad(self, names: tuple[str, ...], grad: torch.Tensor) -> None:
@@ -299,17 +352,11 @@ class Probe:
         return self._module_norms(dict(zip([k for k, _ in present], to_floats([v for _, v in present]), strict=True)))
 
     def _grad_norm_tensors(self) -> dict[int, torch.Tensor | None]:
+        # Always recomputed: a .grad changed in place through .data (or by an optimizer) keeps its version.
+        present = [p for p in self._params if p.grad is not None]
+        norms = vector_norms([p.grad for p in present], exact=False) if present else []
         out: dict[int, torch.Tensor | None] = {id(p): None for p in self._params}
-        to_compute = []
-        for param in self._params:
-            grad = param.grad
-            seen = self._grad_norm_seen.get(id(param))
-            if seen is not None and seen[0]() is grad and seen[1] == grad._version:
-                out[id(param)] = seen[2]
-            elif grad is not None:
-                to_compute.append(param)
-        norms = vector_norms([p.grad for p in to_compute], exact=False) if to_compute else []
-        out.update({id(p): n for p, n in zip(to_compute, norms, strict=True)})
+        out.update({id(p): n for p, n in zip(present, norms, strict=True)})
         return out
 
     def _global_sharded_norms(self, per_param: dict[int, torch.Tensor | None]) -> ModuleNorms:
@@ -402,6 +449,17 @@ def _will_accumulate(node: Any) -> bool:
         return bool(torch._C._will_engine_execute_node(node))
     except Exception:  # noqa: BLE001 - see above
         return False
+
+
+def _inside_function_backward() -> bool:
+    """Whether this call runs inside the backward of an autograd Function (a nested, reentrant backward:
+    ``checkpoint(use_reentrant=True)`` runs one for its region)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_qualname == "BackwardCFunction.apply":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _same_live(hooks_seen: object, hooks_now: object) -> bool:
