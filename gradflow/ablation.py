@@ -22,17 +22,25 @@ from .select import resolve_containers, select_modules
 from .subject import Branch
 
 
-def _first_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _first_input(name: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The input that stands in for the output: the first positional one, ``query`` of an attention module
+    called with keywords, or the only tensor keyword; several tensor keywords are ambiguous and refused."""
     if args:
         return args[0]
-    for value in kwargs.values():
-        if isinstance(value, torch.Tensor):
-            return value
-    return None
+    if "query" in kwargs and isinstance(module, nn.MultiheadAttention):
+        return kwargs["query"]
+    tensors = [key for key, value in kwargs.items() if isinstance(value, torch.Tensor)]
+    if len(tensors) > 1:
+        raise AblationError(
+            f"cannot ablate module {name!r} ({type(module).__name__}) in 'identity' mode: it was called with "
+            f"the tensors {', '.join(tensors)} as keywords, and gradflow cannot tell which one passes through. "
+            "Use mode 'zero' or 'scale' for this branch, or call the module with that tensor first, positionally."
+        )
+    return kwargs[tensors[0]] if tensors else None
 
 
 def _identity_output(name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-    source = _first_input(args, kwargs)
+    source = _first_input(name, module, args, kwargs)
     if not isinstance(source, torch.Tensor):
         raise AblationError(
             f"cannot ablate module {name!r} ({type(module).__name__}) in 'identity' mode: its first input "
@@ -62,16 +70,41 @@ def _identity_output(name: str, module: nn.Module, args: tuple, kwargs: dict, ou
     return replaced
 
 
+def _differentiable(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() or tensor.is_complex()
+
+
+def _replace_each(name: str, module: nn.Module, output: Any, fn) -> Any:
+    """``output`` with ``fn`` applied to every floating or complex tensor in it; refused when there is none
+    (an output type torch's pytree cannot see into, such as a dataclass: nothing would be switched off)."""
+    replaced = [0]
+
+    def apply(tensor: torch.Tensor) -> torch.Tensor:
+        if not _differentiable(tensor):
+            return tensor
+        replaced[0] += 1
+        return fn(tensor)
+
+    result = map_tensors(output, apply)
+    if not replaced[0] and output is not None:
+        raise AblationError(
+            f"cannot ablate module {name!r} ({type(module).__name__}): its output, a {type(output).__name__}, "
+            "holds no floating-point tensor that gradflow can see (torch's pytree sees into tensors, tuples, "
+            "lists, dicts and namedtuples, not into dataclasses or other objects), so nothing would be switched "
+            "off. Return one of those types, register the type with torch.utils._pytree, or select a module "
+            "inside the branch that returns a tensor."
+        )
+    return result
+
+
 def _replacement(name: str, branch: Branch):
     if branch.mode == "identity":
         return lambda module, args, kwargs, output: _identity_output(name, module, args, kwargs, output)
     if branch.mode == "scale" and branch.scale != 0:
         factor = float(branch.scale)
-        return lambda module, args, kwargs, output: map_tensors(
-            output, lambda t: t * factor if t.is_floating_point() else t)
+        return lambda module, args, kwargs, output: _replace_each(name, module, output, lambda t: t * factor)
     # Fresh zeros carry no graph: the branch's parameters get no gradient ("no grad", not 0.0).
-    return lambda module, args, kwargs, output: map_tensors(
-        output, lambda t: torch.zeros_like(t) if t.is_floating_point() else t)
+    return lambda module, args, kwargs, output: _replace_each(name, module, output, torch.zeros_like)
 
 
 def branch_modules(model: nn.Module, branch: Branch, aliases: Sequence[str] = ()) -> tuple[

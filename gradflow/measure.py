@@ -172,7 +172,7 @@ def _measure(
     passes: list[dict[str, Any]] = []
     looks = set(schedule.looks) if schedule else {n_max}
     reason, used, rows = "fixed", n_max, []
-    with SavedRng(), torch.enable_grad(), runtime.measuring():
+    with SavedRng(), engine.state, torch.enable_grad(), runtime.measuring():
         for batch_index in range(n_max):
             passes += run_batch(engine, batch_index, seed)
             if progress is not None:

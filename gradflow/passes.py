@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._tree import all_tensors, fresh_containers
 from .ablation import Ablation, ForwardCalls, branch_modules
 from .distributed import reduce_pass
 from .errors import LossError
+from .forward_state import ForwardState
 from .gradients import GradientPath, choose_path, gradients
 from .norms import combine_norms
 from .runtime import Runtime
@@ -111,10 +113,21 @@ def check_loss(loss: Any) -> torch.Tensor:
             f"loss_fn returned a {type(loss).__name__}; gradflow needs a scalar torch.Tensor "
             "(e.g. return F.cross_entropy(model(x), y))."
         )
+    if loss.is_complex() or not loss.is_floating_point():
+        raise LossError(
+            f"loss_fn returned a {loss.dtype} tensor; gradflow needs a real floating-point scalar to "
+            "differentiate (an integer loss has no gradient: was it cast with .long() or made by argmax?; a "
+            "complex one needs .real, .abs() or similar first)."
+        )
     if loss.numel() != 1:
         raise LossError(
             f"loss_fn returned a tensor of shape {tuple(loss.shape)}; gradflow needs a scalar. "
             "Reduce it inside loss_fn (e.g. .mean() or .sum())."
+        )
+    if loss.is_inference():
+        raise LossError(
+            "loss_fn returned an inference tensor: gradflow was called inside torch.inference_mode(), where "
+            "autograd records nothing. Call it outside inference_mode (torch.no_grad() is handled)."
         )
     if not loss.requires_grad:
         raise LossError(
@@ -176,6 +189,8 @@ class PassEngine:
         self.watch = ForwardCalls(watched)
         self.ablations = {s.name: Ablation(self.subject.model, s.ablations, aliases) for s in self.settings
                           if s.ablations}
+        #: buffers and module generators, put back before every pass (and at the end by the caller)
+        self.state = ForwardState(self.subject.model)
 
     @property
     def reentrant(self) -> bool:
@@ -189,8 +204,18 @@ class PassEngine:
         if ablation is not None:
             for name in ablation.calls:
                 ablation.calls[name] = 0
+        batch = fresh_containers(batch)  # a loss_fn that pops a key leaves the next pass's batch whole
+        versions = [(tensor, tensor._version) for tensor in all_tensors(batch) if not tensor.is_inference()]
         with self.watch, (ablation if ablation is not None else _nothing()):
             loss = check_loss(self.subject.loss_fn(self.subject.model, batch))
+            changed = [tensor for tensor, version in versions if tensor._version != version]
+            if changed:
+                raise LossError(
+                    f"loss_fn changed {len(changed)} tensor(s) of its batch in place (shape "
+                    f"{tuple(changed[0].shape)} first): the next setting of the same batch would see other data, "
+                    "and retention would compare different inputs. Copy before modifying (x = x.clone()), or "
+                    "do the preprocessing once, outside loss_fn."
+                )
             if ablation is not None:
                 ablation.verify(self.watch.counts)
             self._count_calls(setting)
@@ -240,5 +265,6 @@ def run_batch(engine: PassEngine, batch_index: int, seed: int) -> list[dict[str,
     entries = []
     for setting in engine.settings:
         seed_everything(batch_seed)
+        engine.state.reset(batch_seed)
         entries.append({"batch": batch_index, "setting": setting.name, **engine.run(batch, setting)})
     return entries

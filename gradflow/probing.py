@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._tree import tensors_in
+from ._tree import tensors_and_opaque, tensors_in
 from .errors import ProbeError
 from .norms import combine_norms, piece_norms, to_floats, vector_norms
 from .runtime import Runtime, force_eager, inspect_model, unwrap
@@ -77,6 +77,7 @@ class Probe:
         self._carry: _BackwardRecord | None = None
         self._carry_refs: set[int] = set()
         self._leaf_hooks: dict[int, _OutputHook] = {}
+        self._opaque: set[str] = set()  # modules whose output held objects pytree cannot see into
         self._read_grad_later = True
         self._pending_param_refs: list[tuple[int, nn.Parameter]] = []
         self._pending_param_grads: list[tuple[int, torch.Tensor]] = []
@@ -244,7 +245,10 @@ class Probe:
             self._forward_calls[name] += 1
         if not self._want_outputs:
             return
-        for tensor in tensors_in(output):
+        tensors, opaque = tensors_and_opaque(output)
+        if opaque:
+            self._opaque.update(names)
+        for tensor in tensors:
             if not tensor.requires_grad:
                 continue
             # A container returns its last child's tensor: one hook per tensor, shared by every module that
@@ -384,16 +388,21 @@ class Probe:
         if not self._want_outputs:
             raise ProbeError("this probe was created with outputs=False; it records parameter gradients only.")
         unseen = [name for name, count in self._forward_calls.items() if count == 0]
-        if unseen and not allow_unobserved:
+        opaque = [name for name in self._opaque if name not in unseen]
+        if (unseen or opaque) and not allow_unobserved:
             every = len(unseen) == len(self._forward_calls)
             cause = ("no forward pass ran inside the probe (output hooks attach when the forward runs: a forward "
                      "run before `with gf.probe(...)` cannot be observed)" if every else
                      f"the forward of {len(unseen)} probed module(s) never ran inside the probe "
-                     f"({', '.join(unseen[:4])}{', ...' if len(unseen) > 4 else ''})")
+                     f"({', '.join(unseen[:4])}{', ...' if len(unseen) > 4 else ''})" if unseen else
+                     f"{len(opaque)} probed module(s) returned an object gradflow cannot see into "
+                     f"({', '.join(opaque[:4])}{', ...' if len(opaque) > 4 else ''}: torch's pytree sees into "
+                     "tensors, tuples, lists, dicts and namedtuples, not dataclasses or other objects)")
             raise ProbeError(
                 f"output gradients were not observed: {cause}. Run the forward and the backward inside the "
-                "`with` block, or pass allow_unobserved=True to leave unobserved modules out.")
-        seen = [name for name, count in self._forward_calls.items() if count > 0]
+                "`with` block (for opaque outputs: probe a module inside that returns tensors, or register the "
+                "type with torch.utils._pytree), or pass allow_unobserved=True to leave unobserved modules out.")
+        seen = [name for name, count in self._forward_calls.items() if count > 0 and name not in self._opaque]
         sums: dict[str, float] = {}
         for names, norm in (_unpack(self._observed_backwards("output norms")[-1].outputs) if seen else []):
             for name in names:

@@ -1,0 +1,52 @@
+"""The state a forward pass changes besides parameters: buffers and the modules' own random generators.
+
+BatchNorm running statistics, a spectral norm's power-iteration vectors and a module's private
+``torch.Generator`` all move with every forward in training mode. Two passes of one batch (with and without
+a branch) must start from the same state, or they differ by more than the branch; and a measurement must leave
+the model as it found it. :class:`ForwardState` snapshots them once and puts them back before every pass and at
+the end.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ForwardState:
+    """Buffers and module-held generators of ``model``, put back by :meth:`reset` (a context manager: the
+    snapshot is restored on exit, also after an error)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._buffers: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]] = []  # module, name, tensor, copy
+        for module in model.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    self._buffers.append((module, name, buffer, buffer.detach().clone()))
+        seen: dict[int, tuple[torch.Generator, torch.Tensor]] = {}
+        for module in model.modules():
+            for value in vars(module).values():
+                if isinstance(value, torch.Generator) and id(value) not in seen:
+                    seen[id(value)] = (value, value.get_state())
+        self._generators = list(seen.values())
+
+    def __enter__(self) -> ForwardState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        """Buffers back to the snapshot (re-registered if a module replaced one); module generators seeded
+        with ``seed`` (the pass seed: every setting of a batch draws the same numbers) or, without one, back
+        to their saved state."""
+        with torch.no_grad():
+            for module, name, buffer, copy in self._buffers:
+                if module._buffers.get(name) is not buffer:
+                    module._buffers[name] = buffer
+                buffer.copy_(copy)  # always: BatchNorm updates its running statistics without a version bump
+        for generator, state in self._generators:
+            if seed is None:
+                generator.set_state(state)
+            else:
+                generator.manual_seed(seed)
