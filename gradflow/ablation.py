@@ -76,7 +76,17 @@ def _differentiable(tensor: torch.Tensor) -> bool:
 
 def _replace_each(name: str, module: nn.Module, output: Any, fn) -> Any:
     """``output`` with ``fn`` applied to every floating or complex tensor in it; refused when there is none
-    (an output type torch's pytree cannot see into, such as a dataclass: nothing would be switched off)."""
+    (an output type torch's pytree cannot see into, such as a dataclass: nothing would be switched off).
+
+    A tuple or list whose first item is a tensor is the ``(output, extras...)`` convention of attention and
+    recurrent modules (attention weights, a T5 position bias that later blocks reuse, an LSTM's state): only
+    the first item is the branch's contribution, so only it is replaced.
+    """
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        first = _replace_each(name, module, output[0], fn)
+        if hasattr(output, "_fields"):
+            return output._replace(**{output._fields[0]: first})
+        return type(output)([first, *output[1:]])
     replaced = [0]
 
     def apply(tensor: torch.Tensor) -> torch.Tensor:
@@ -164,6 +174,8 @@ class Ablation:
             self.notes += notes
             self.targets += [(branch_name, name, module, branch) for name, module in modules]
         self.calls: dict[str, int] = {name: 0 for _, name, _, _ in self.targets}
+        #: modules whose tuple output had more tensors after the first: only the first was replaced
+        self.first_only: set[str] = set()
         self._handles: list[Any] = []
 
     @property
@@ -190,6 +202,9 @@ class Ablation:
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             self.calls[name] += 1
+            if (isinstance(output, tuple | list) and len(output) > 1 and isinstance(output[0], torch.Tensor)
+                    and any(isinstance(item, torch.Tensor) for item in output[1:])):
+                self.first_only.add(name)
             return replace(module, args, kwargs, output)
 
         return hook

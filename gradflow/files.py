@@ -53,14 +53,24 @@ def _remove_stale_temporaries(target: Path) -> None:
                     os.unlink(entry.path)
 
 
+def _real_target(path: str | os.PathLike[str]) -> Path:
+    """Where a write to ``path`` must land: through symlinks (a link stays a link, its file is updated)."""
+    return Path(os.path.realpath(path))
+
+
 def _refuse_read_only(target: Path) -> int | None:
-    """The existing target's permission bits; a read-only target is refused (root would replace it)."""
+    """The existing target's permission bits; a read-only target is refused (root would replace it), and so
+    is anything that is not a regular file (a device such as /dev/full, a pipe, a socket: renaming a file over
+    it would replace the node itself)."""
     try:
         info = target.stat()
     except FileNotFoundError:
         return None
     if stat.S_ISDIR(info.st_mode):
         raise FileError(f"cannot write {target}: it is a directory. Give a file name.")
+    if not stat.S_ISREG(info.st_mode):
+        raise FileError(f"cannot write {target}: it is not a regular file (a device, pipe or socket). gradflow "
+                        "writes its outputs to regular files only; give a file path.")
     if not info.st_mode & stat.S_IWUSR:
         raise FileError(f"cannot write {target}: the file is read-only. Make it writable (chmod u+w) or choose "
                         "another path; nothing was written.")
@@ -74,7 +84,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
         FileError: the folder does not exist, the target is read-only or a directory, or writing failed
             (disk full, permissions); nothing is left behind then.
     """
-    target = Path(path)
+    target = _real_target(path)
     folder = target.parent
     if not folder.is_dir():
         raise FileError(f"cannot write {target}: the folder {folder} does not exist. Create it first.")
@@ -103,7 +113,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 def check_writable(path: str | os.PathLike[str], what: str = "output") -> None:
     """Raise :class:`FileError` now if ``path`` could not be written later (folder, permissions, kind)."""
-    target = Path(path)
+    target = _real_target(path)
     if target.is_dir():
         raise FileError(f"{what} {target} is a directory; give a file name in it.")
     if not target.parent.is_dir():

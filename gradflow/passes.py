@@ -218,6 +218,11 @@ class PassEngine:
                 )
             if ablation is not None:
                 ablation.verify(self.watch.counts)
+                for name in sorted(ablation.first_only):
+                    note = (f"{name} returns a tuple: only its first item (the module's output) was switched off; "
+                            "the other items (attention weights, a position bias, a state) were passed on as they were")
+                    if note not in self.notes:
+                        self.notes.append(note)
             self._count_calls(setting)
             path, reason = choose_path(loss, self.layout.params, sharded=self.runtime.scope == "fsdp2")
             self.paths.setdefault(path, reason)

@@ -355,3 +355,28 @@ def test_kill_during_write_leaves_the_old_file(tmp_path):
     os.utime(leftovers[0], (old, old))
     write_atomic(target, "next")  # the next write cleans it up
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_an_output_that_is_a_symlink_updates_the_file_it_points_to(tmp_path):
+    real = tmp_path / "real.html"
+    real.write_text("old")
+    link = tmp_path / "link.html"
+    link.symlink_to(real)
+    write_atomic(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path):
+    # renaming a file over a device node or pipe (as root: /dev/full, /dev/stdout) would replace the node
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(gf.GradflowError, match="not a regular file"):
+        write_atomic(pipe, "text")
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    stdout_link = tmp_path / "stdout"
+    stdout_link.symlink_to(pipe)
+    record = Path(__file__).parents[1] / "reports" / "aaclip-small" / "stage2-v1-w0.1.json"
+    result = CliRunner().invoke(app, ["report", str(record), "--html", str(stdout_link)])
+    assert result.exit_code == 2 and "not a regular file" in result.output
+    assert stdout_link.is_symlink() and stat.S_ISFIFO(pipe.stat().st_mode)

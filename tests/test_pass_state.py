@@ -296,3 +296,46 @@ def test_training_with_a_monitor_on_a_batchnorm_model_is_bit_identical():
                                  batches=batches(2)), net)
     for name, value in plain.items():
         assert torch.equal(value, monitored[name]), name  # running statistics included
+
+
+class BiasAttention(nn.Module):
+    """Returns (output, bias) like T5's attention: later blocks reuse the bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.bias = nn.Linear(6, 6).double(), nn.Parameter(torch.randn(6, dtype=torch.float64))
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        bias = self.bias if bias is None else bias
+        return self.proj(h) + bias, bias
+
+
+class SharedBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second, self.target = BiasAttention(), BiasAttention(), nn.Linear(6, 1).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, bias = self.first(x)
+        h = x + out
+        out, _ = self.second(h, bias)
+        return self.target(h + out)
+
+
+@pytest.mark.parametrize("mode", ["zero", "scale"])
+def test_a_tuple_output_has_only_its_first_item_switched_off(mode):
+    net = SharedBias()
+    branch = gf.Branch("first", mode=mode, scale=0.5 if mode == "scale" else None)
+    record = gf.compare(net, mse, batches(), branches={"b": branch}, targets={"t": "target"})
+
+    def first_only(_module, _inputs, output):
+        return (torch.zeros_like(output[0]) if mode == "zero" else output[0] * 0.5), output[1]
+
+    params = list(net.target.parameters())
+    with_ = [norm_of(torch.autograd.grad(mse(net, x), params)) for x in batches()]
+    handle = net.first.register_forward_hook(first_only)
+    without = [norm_of(torch.autograd.grad(mse(net, x), params)) for x in batches()]
+    handle.remove()
+    assert rel_err(record.retention("b", "t"), sum(with_) / sum(without)) < TOL
+    assert any("only its first item" in note for note in record.data["measurement"]["notes"])
