@@ -54,6 +54,26 @@ _NUMBER_JSON = {"anyOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Inf
 Number = Annotated[float, PlainValidator(_number), PlainSerializer(_encode, when_used="json"),
                    WithJsonSchema(_NUMBER_JSON)]
 Finite = Annotated[float, PlainValidator(_finite), WithJsonSchema({"type": "number"})]
+
+
+def _in_range(low: float, high: float, *, low_open: bool, high_open: bool):
+    """A validator for a finite number within bounds (``Field(gt=...)`` does not apply after a
+    ``PlainValidator``, so the bounds are checked here)."""
+    def check(value: Any) -> float:
+        number = _finite(value)
+        if number < low or number > high or (low_open and number == low) or (high_open and number == high):
+            shown = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise ValueError(f"expected a number in {shown}, got {value!r}")
+        return number
+    return check
+
+
+Probability = Annotated[float, PlainValidator(_in_range(0, 1, low_open=True, high_open=True)),
+                        WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})]
+NonNegative = Annotated[float, PlainValidator(_in_range(0, math.inf, low_open=False, high_open=True)),
+                        WithJsonSchema({"type": "number", "minimum": 0})]
+Positive = Annotated[float, PlainValidator(_in_range(0, math.inf, low_open=True, high_open=True)),
+                     WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
 Count = Annotated[int, Field(ge=0)]
 Name = Annotated[str, Field(min_length=0, max_length=10_000)]
 
@@ -70,7 +90,7 @@ class _Open(BaseModel):
 
 class Run(_Model):
     created: str
-    elapsed_s: Finite = Field(ge=0)
+    elapsed_s: NonNegative
 
 
 class Environment(_Open):
@@ -97,12 +117,12 @@ class SubjectInfo(_Model):
 
 class BatchRule(_Open):
     rule: Literal["fixed", "group-sequential, Bonferroni spending"]
-    confidence: Finite = Field(gt=0, lt=1)
+    confidence: Probability
     looks: list[Annotated[int, Field(ge=1)]] | None = None
-    look_confidence: Finite | None = None
+    look_confidence: Probability | None = None
     stopped_at: int | None = None
     reason: str | None = None
-    precision: Finite | None = None
+    precision: Positive | None = None
 
 
 class Batches(_Model):
@@ -113,7 +133,7 @@ class Batches(_Model):
 
 class Interval(_Model):
     method: str
-    confidence: Finite = Field(gt=0, lt=1)
+    confidence: Probability
 
 
 class BranchInfo(_Model):
@@ -207,7 +227,7 @@ class LearningRow(_Model):
 
 class Optimizer(_Model):
     name: Literal["adam", "sgd"]
-    lr: Finite = Field(gt=0)
+    lr: Positive
     betas: list[Finite] = Field(min_length=2, max_length=2)
 
 
@@ -234,7 +254,7 @@ class Record(_Model):
     environment: Environment
     subject: SubjectInfo
     seed: int
-    confidence: Finite = Field(gt=0, lt=1)
+    confidence: Probability
     batches: Batches
     interval: Interval
     branches: dict[Name, BranchInfo]
@@ -329,9 +349,9 @@ def _check_consistency(record: Record, where: str) -> None:
         if len(row.per_batch) != row.n_batches:
             raise RecordError(f"run record{where} is invalid at $.retention[{index}].per_batch: {len(row.per_batch)} "
                               f"values for n_batches {row.n_batches}.")
-        if row.status in ("ok", "no_effect") and row.retention is None:
+        if row.status in ("ok", "no_effect") and (row.retention is None or not math.isfinite(row.retention)):
             raise RecordError(f"run record{where} is invalid at $.retention[{index}].retention: a row with status "
-                              f"{row.status!r} needs a retention.")
+                              f"{row.status!r} needs a finite retention, got {row.retention!r}.")
         if (row.ci_low is None) != (row.ci_high is None):
             raise RecordError(f"run record{where} is invalid at $.retention[{index}].ci_high: an interval needs both "
                               "ends (or neither).")
@@ -349,9 +369,9 @@ def _check_consistency(record: Record, where: str) -> None:
                 if getattr(row, key) not in record.learning.runs:
                     raise RecordError(f"run record{where} is invalid at $.learning.rows[{index}].{key}: "
                                       f"{getattr(row, key)!r} is not one of the record's runs.")
-            if row.status == "ok" and row.learning_ratio is None:
+            if row.status == "ok" and (row.learning_ratio is None or not math.isfinite(row.learning_ratio)):
                 raise RecordError(f"run record{where} is invalid at $.learning.rows[{index}].learning_ratio: a row "
-                                  "with status 'ok' needs a ratio.")
+                                  f"with status 'ok' needs a finite ratio, got {row.learning_ratio!r}.")
     if len(record.batches.pass_seeds) != record.batches.count:
         raise RecordError(f"run record{where} is invalid at $.batches.pass_seeds: {len(record.batches.pass_seeds)} "
                           f"seeds for {record.batches.count} batches.")

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GradflowError, SelectorError
+from .files import FileError, read_text_capped
 from .select import compile_glob, validate_selector
 from .verdicts import Band, GateMode
 
@@ -376,18 +377,25 @@ def parse_spec(data: dict[str, Any], path: Path) -> Spec:
     )
 
 
+#: A spec is a short hand-written file; anything larger is refused before parsing.
+MAX_SPEC_BYTES = 1024 * 1024
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate one spec file; any problem raises :class:`SpecError` naming the file and key."""
     file = Path(path)
     if file.is_dir():
         raise SpecError(f"{file}: is a folder; pass spec files (e.g. {file}/*.toml) or nothing for probes/*.toml.")
     try:
-        with file.open("rb") as handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(read_text_capped(file, MAX_SPEC_BYTES))
     except FileNotFoundError:
         raise SpecError(f"{file}: spec file does not exist.") from None
+    except FileError as exc:  # too large (or an endless device), not UTF-8 text
+        raise SpecError(f"{file}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{file}: not valid TOML: {exc}.") from None
+    except RecursionError:
+        raise SpecError(f"{file}: not a spec: its tables or arrays are nested too deeply to read.") from None
     except OSError as exc:
         raise SpecError(f"{file}: cannot read the spec: {exc}.") from None
     return parse_spec(data, file)

@@ -53,11 +53,21 @@ def test_round_trip_and_table_columns(tmp_path):
 
 def test_non_finite_values_survive_as_strict_json(tmp_path):
     record = run()
-    record.data["retention"][0]["retention"] = float("inf")
+    record.data["retention"][0]["ci_high"] = float("inf")  # e.g. a batch whose "without" norm is zero
     text = record.to_json()
     assert "Infinity" in text and json.loads(text)  # strict JSON parses it
     path = record.save(tmp_path / "r.json")
-    assert gf.load_run(path).data["retention"][0]["retention"] == float("inf")
+    assert gf.load_run(path).data["retention"][0]["ci_high"] == float("inf")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_measured_row_without_a_finite_retention_is_refused(tmp_path, value):
+    # a NaN retention with status "ok" rendered as "—" and passed the gate
+    record = run()
+    record.data["retention"][0]["retention"] = value
+    path = record.save(tmp_path / "r.json")
+    with pytest.raises(gf.RecordError, match="finite retention"):
+        gf.load_run(path)
 
 
 @pytest.mark.parametrize(

@@ -149,3 +149,30 @@ def test_cli_no_specs_and_bad_gate(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "no probe specs" in result.output
     good = write(tmp_path, GOOD)
     assert CliRunner().invoke(app, ["check", str(good), "--gate", "median"]).exit_code == 2
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (b"\xff\xfe binary \x00", "not UTF-8"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    (b"# " + b"x" * (2 * 1024 * 1024), "larger than 1 MiB"),
+], ids=["binary", "deeply-nested", "too-large"])
+def test_unreadable_specs_exit_2_without_a_traceback(tmp_path, content, fragment):
+    spec = tmp_path / "bad.toml"
+    spec.write_bytes(content)
+    with pytest.raises(SpecError, match=fragment):
+        load_spec(spec)
+    result = CliRunner().invoke(app, ["check", str(spec), "--preset", "tiny"])
+    assert result.exit_code == 2 and fragment.split()[0] in result.output
+
+
+def test_record_fields_keep_their_bounds(tmp_path):
+    import json
+
+    import gradflow as gf
+
+    record = json.loads((Path(__file__).parents[1] / "reports" / "aaclip-small" / "stage2-v1-w0.1.json").read_text())
+    record["confidence"] = 1e308  # once accepted, then an OverflowError in the report
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(gf.RecordError, match=r"confidence.*\(0, 1\)"):
+        gf.load_run(path)
