@@ -84,7 +84,7 @@ def _attribute(model: Any, path: str) -> tuple[Any, Any, list[str]]:
     """Follow a dotted attribute path: (value or _MISSING, the last object reached, the parts walked)."""
     node, walked = model, []
     for part in path.split("."):
-        if not hasattr(node, part):
+        if part.startswith("__") or not hasattr(node, part):  # dunder attributes (__globals__ ...) are never read
             return _MISSING, node, walked
         node = getattr(node, part)
         walked.append(part)

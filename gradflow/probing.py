@@ -37,7 +37,7 @@ from ._tree import tensors_and_opaque, tensors_in
 from .errors import ProbeError
 from .norms import combine_norms, piece_norms, to_floats, vector_norms
 from .runtime import Runtime, force_eager, inspect_model, unwrap
-from .select import SelectorLike, select_modules
+from .select import SelectorLike, resolve_containers, select_modules
 
 ModuleNorms = dict[str, float | None]
 
@@ -58,7 +58,8 @@ class Probe:
     def __init__(self, model: nn.Module, selector: SelectorLike, *, params: bool = True, outputs: bool = True):
         self._given = model
         self.model, aliases = unwrap(model)
-        self.modules = select_modules(self.model, selector, aliases=aliases)
+        # a selected container (peft's ModuleDict of adapters) never runs: probe the modules inside it
+        self.modules, self._selection_notes = resolve_containers(select_modules(self.model, selector, aliases=aliases))
         self._want_params = params
         self._want_outputs = outputs
         params_of = _trainable_parameters()
@@ -94,7 +95,7 @@ class Probe:
         if self._stack is not None:
             raise ProbeError("this Probe is already active; create a new one for another `with` block.")
         self.runtime = inspect_model(self._given)
-        self.notes = list(self.runtime.notes)
+        self.notes = [*self.runtime.notes, *self._selection_notes]
         self._accumulated = None  # read again when this block exits (a probe may be entered again)
         self._stack = contextlib.ExitStack()
         try:

@@ -120,6 +120,12 @@ def test_names_are_text_not_markup_and_control_characters_are_shown(toy_record, 
         assert "\x1b" not in result.output and "\u202e" not in result.output and "\x07" not in result.output
         assert "\\x1b" in result.output  # shown, not obeyed
         assert "[link=https://evil.example]" in result.output.replace("\\", "")  # printed literally
+    html_path = tmp_path / "hostile.html"
+    result = CliRunner().invoke(app, ["report", str(path), "--html", str(html_path)])
+    assert result.exit_code == 0, result.output
+    page = html_path.read_text(encoding="utf-8")
+    assert "\x1b" not in page and "\x07" not in page and "\u202e" not in page  # in tables, notes and plots
+    assert "\\x1b" in page
     # and through a console that parses markup (a library user's)
     import io
 

@@ -162,3 +162,34 @@ def test_a_hook_added_inside_the_probe_gives_one_meaning_per_backward():
         for _ in range(2):
             net(x).sum().backward()
     assert [n["0"] for n in p.backward_norms()] == pytest.approx([raw, raw], rel=TOL)
+
+
+class LoraLike(nn.Module):
+    """peft's layout: the adapter weight sits in a ModuleDict that is never called itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.base = nn.Linear(4, 4).double()
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(4, 4, bias=False).double()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.lora_B["default"](x)
+
+
+def test_a_container_selector_probes_the_modules_inside_it():
+    net = LoraLike()
+    x = batches(1)[0]
+    out = net.lora_B["default"](x)
+    (expected,) = torch.autograd.grad((net.base(x) + out).square().sum(), [out])
+    with gf.probe(net, "**.lora_B") as p:
+        net(x).square().sum().backward()
+    assert rel_err(p.output_norms()["lora_B.default"], norm_of([expected])) < TOL
+    assert any("container" in note for note in p.notes)
+
+
+def test_preflight_paths_do_not_walk_dunder_attributes():
+    from gradflow.preflight import _MISSING, _attribute
+
+    assert _attribute(mlp(), "__class__.__init__.__globals__")[0] is _MISSING
+    assert _attribute(mlp(), "training")[0] is True

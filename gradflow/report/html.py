@@ -18,6 +18,7 @@ from .format import (
     fmt_scale,
     measurement_notes,
     module_label,
+    visible,
 )
 from .learning import learning_rows_html
 from .regression import compatibility_warnings, config_changes, count_verdicts, regression_rows, rule_text, why
@@ -26,8 +27,13 @@ from .sweep import suggest_scale
 
 def _environment() -> Any:
     import jinja2
+    import markupsafe
 
-    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    def shown(value: Any) -> Any:  # every string from a record or a model: control characters made visible
+        return visible(value) if isinstance(value, str) and not isinstance(value, markupsafe.Markup) else value
+
+    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              finalize=shown)
 
 
 def _css_class(label: str) -> str:

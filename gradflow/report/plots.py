@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from ..record import RunRecord
 from ..verdicts import Band
+from .format import visible
 from .sweep import sweep_curves
 
 T = TypeVar("T")
@@ -42,8 +43,8 @@ _RC = {"svg.fonttype": "none", "svg.hashsalt": "gradflow", "font.size": 9, "font
 
 
 def label(text: Any) -> str:
-    """Text for a matplotlib label: literal, never mathtext ('$' escaped)."""
-    return str(text).replace("$", r"\$")
+    """Text for a matplotlib label: literal, never mathtext ('$' escaped), control characters shown."""
+    return visible(text).replace("$", r"\$")
 
 
 def figure_svg(fig: Any) -> str:
