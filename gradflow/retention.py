@@ -77,6 +77,8 @@ def retention_rows(
                 with_ran = [p["ran"][target][module] for p in by_setting[numerator]]
                 without_ran = [p["ran"][target][module] for p in by_setting[denominator]]
                 status, note = _status(with_values, without_values, with_ran, without_ran, reentrant)
+                if scale == 0 and status == "no_effect":
+                    note = "scale 0 switches the branch off: the reference pass itself, retention 1 by construction"
                 row: dict[str, Any] = {
                     "branch": branch, "target": target, "module": module, "scale": scale,
                     "numerator": numerator, "denominator": denominator,

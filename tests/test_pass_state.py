@@ -339,3 +339,10 @@ def test_a_tuple_output_has_only_its_first_item_switched_off(mode):
     handle.remove()
     assert rel_err(record.retention("b", "t"), sum(with_) / sum(without)) < TOL
     assert any("only its first item" in note for note in record.data["measurement"]["notes"])
+
+
+def test_a_sweep_at_scale_zero_says_it_is_the_reference():
+    net = Residual()
+    subject = gf.Subject(model=net, loss_fn=mse, batches=batches(), branches={"b": "branch"}, targets={"t": "target"})
+    row = gf.sweep(subject, "b", [0.0, 0.5]).row("b", "t", scale=0.0)
+    assert row["retention"] == 1.0 and "by construction" in row["note"]
