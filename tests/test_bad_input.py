@@ -91,3 +91,10 @@ def test_cli_unknown_subject_and_missing_out_folder(tmp_path):
     assert result.exit_code == 2 and "Built-in and installed subjects: aaclip" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["compare", "--subject", TOY, "--out", str(tmp_path / "no" / "run.json")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+@pytest.mark.parametrize("scales", ["1,,2", "0.5,x", "1,inf", ""])
+def test_cli_bad_scales_exit_2(scales):
+    result = CliRunner().invoke(app, ["sweep", "--subject", TOY, "--branch", "cross", "--scales", scales])
+    assert result.exit_code == 2, result.output
+    assert "--scales" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -79,6 +80,18 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
             raise fail(f"--set expects key=value, got {item!r} (e.g. --set stage2.image_cross_attn_weight=0.1).")
         overrides[key.strip()] = value.strip()
     return overrides
+
+
+def parse_scales(value: str) -> list[float]:
+    """``--scales``: comma-separated finite numbers, none of them empty (``1,,2`` is a typo, not ``1,2``)."""
+    parts = [part.strip() for part in value.split(",")]
+    try:
+        scales = [float(part) for part in parts]
+    except ValueError:
+        raise fail(f"--scales must be comma-separated numbers, got {value!r}.") from None
+    if not all(map(math.isfinite, scales)):
+        raise fail(f"--scales must be finite numbers, got {value!r}.")
+    return scales
 
 
 def parse_batches(value: str | None) -> int | str | None:

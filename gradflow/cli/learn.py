@@ -19,10 +19,10 @@ from ._common import (
     WeightsOpt,
     bad_input_exits,
     check_output_path,
-    fail,
     load,
     out_console,
     parse_overrides,
+    parse_scales,
     progress_reporter,
     subject_inputs,
 )
@@ -58,10 +58,7 @@ def command(
 
     scale_values = None
     if scales is not None:
-        try:
-            scale_values = [float(s) for s in scales.split(",") if s.strip()]
-        except ValueError:
-            raise fail(f"--scales must be comma-separated numbers, got {scales!r}.") from None
+        scale_values = parse_scales(scales)
     overrides = parse_overrides(set_)
     check_output_path(out, inputs=subject_inputs(subject, weights))
     with bad_input_exits():

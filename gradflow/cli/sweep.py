@@ -25,10 +25,10 @@ from ._common import (
     bad_input_exits,
     check_output_path,
     emit,
-    fail,
     load,
     parse_batches,
     parse_overrides,
+    parse_scales,
     progress_reporter,
     subject_inputs,
 )
@@ -58,10 +58,7 @@ def command(
     from ..measure import sweep
     from ..verdicts import Band
 
-    try:
-        scale_values = [float(s) for s in scales.split(",") if s.strip()]
-    except ValueError:
-        raise fail(f"--scales must be comma-separated numbers, got {scales!r}.") from None
+    scale_values = parse_scales(scales)
     overrides = parse_overrides(set_)
     n_batches = parse_batches(batches)
     check_output_path(out, inputs=subject_inputs(subject, weights))
