@@ -137,6 +137,9 @@ def _run(spec: Spec, result: SpecResult, subject: Any, batches: int | str | None
     from .record import load_run
 
     baseline_file = spec.baseline_path(result.preset)
+    if baseline_file is not None and baseline_file.exists() and not baseline_file.is_file():
+        raise SpecError(f"{spec.path}: baseline.record: {baseline_file} is not a regular file (a folder or a device); "
+                        "name a JSON run record.")
     if baseline_file is not None and not baseline_file.is_file():
         raise SpecError(f"{spec.path}: baseline.record: baseline record {baseline_file} does not exist (for preset "
                         f"{result.preset!r}). Write one with `gradflow check {spec.path} --out {baseline_file}`.")

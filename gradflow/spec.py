@@ -350,6 +350,9 @@ def parse_spec(data: dict[str, Any], path: Path) -> Spec:
         raise baseline.error("direction", f"must be 'down' or 'both', got {direction!r}.")
     spec_preset = subject.string("preset")
     if record is not None and "{preset}" not in record and not (path.parent / record).is_file():
+        if (path.parent / record).exists():
+            raise baseline.error("record", f"baseline record {path.parent / record} is not a regular file (a "
+                                 "folder or a device); name a JSON run record.")
         raise baseline.error("record", f"baseline record {path.parent / record} does not exist (paths are relative "
                              f"to the spec's folder {path.parent}). Write one with `gradflow check {path} --out "
                              f"{path.parent / record}`, or remove [baseline].")

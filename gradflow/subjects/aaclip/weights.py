@@ -48,7 +48,8 @@ def read_clip_state_dict(path: str | Path, allow_torchscript: bool = True) -> di
     """The CLIP state dict stored in ``path`` (see the module docstring for the formats)."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {str(path)!r} does not exist. Give the path of a local CLIP file.")
+        what = "is not a regular file (a folder or a device)" if path.exists() else "does not exist"
+        raise WeightsError(f"weights file {str(path)!r} {what}. Give the path of a local CLIP file.")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
