@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 
 class ForwardState:
@@ -21,7 +22,7 @@ class ForwardState:
         self._buffers: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]] = []  # module, name, tensor, copy
         for module in model.modules():
             for name, buffer in module._buffers.items():
-                if buffer is not None:
+                if buffer is not None and not is_lazy(buffer):  # a lazy module's buffer is not there yet
                     self._buffers.append((module, name, buffer, buffer.detach().clone()))
         seen: dict[int, tuple[torch.Generator, torch.Tensor]] = {}
         for module in model.modules():
