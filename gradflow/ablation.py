@@ -221,7 +221,14 @@ class Ablation:
         branch, name, module = idle[0]
         ran = [n for n, count in (descendant_calls or {}).items() if count and n.startswith(name + ".")]
         under = [f"{name}.{child}" for child, _ in module.named_modules() if child]
-        if ran:
+        parent = name.rpartition(".")[0]
+        siblings = [n for _, n, _, _ in self.targets if n != name and n.rpartition(".")[0] == parent
+                    and self.calls[n]]
+        if siblings and not ran:  # e.g. peft's lora_B.default idle while lora_B.second (the active adapter) ran
+            hint = (f"Modules beside it did run: {', '.join(siblings[:4])}{', ...' if len(siblings) > 4 else ''} "
+                    f"(an inactive adapter?). Select only those, e.g. "
+                    f"'**.{'.'.join(siblings[0].rsplit('.', 2)[-2:])}'.")
+        elif ran:
             hint = (f"Modules under it that did run: {', '.join(ran[:6])}{', ...' if len(ran) > 6 else ''}. "
                     f"Select those instead (e.g. {ran[0]!r}, or a glob such as '**.{ran[0].rsplit('.', 2)[-2]}."
                     f"{ran[0].rsplit('.', 1)[-1]}').")

@@ -346,3 +346,25 @@ def test_a_sweep_at_scale_zero_says_it_is_the_reference():
     subject = gf.Subject(model=net, loss_fn=mse, batches=batches(), branches={"b": "branch"}, targets={"t": "target"})
     row = gf.sweep(subject, "b", [0.0, 0.5]).row("b", "t", scale=0.0)
     assert row["retention"] == 1.0 and "by construction" in row["note"]
+
+
+class TwoAdapters(nn.Module):
+    """peft's layout with two adapters, only 'second' active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk, self.target = nn.Linear(6, 6).double(), nn.Linear(6, 1).double()
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(6, 6).double(), "second": nn.Linear(6, 6).double()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.trunk(x))
+        return self.target(h + self.lora_B["second"](h))
+
+
+def test_an_inactive_adapter_is_named_with_the_selector_that_works():
+    net = TwoAdapters()
+    with pytest.raises(gf.AblationError, match=r"beside it did run.*\*\*\.lora_B\.second"):
+        gf.compare(net, mse, batches(), branches={"lora": "**.lora_B"}, targets={"t": "target"})
+    record = gf.compare(net, mse, batches(), branches={"lora": "**.lora_B.second"}, targets={"t": "target"})
+    assert record.retention("lora", "t") is not None
