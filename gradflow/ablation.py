@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._tree import map_tensors
+from ._tree import map_tensors, tensors_in
 from .errors import AblationError
 from .select import resolve_containers, select_modules
 from .subject import Branch
@@ -203,7 +203,7 @@ class Ablation:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             self.calls[name] += 1
             if (isinstance(output, tuple | list) and len(output) > 1 and isinstance(output[0], torch.Tensor)
-                    and any(isinstance(item, torch.Tensor) for item in output[1:])):
+                    and tensors_in(list(output[1:]))):  # nested too: an LSTM's (out, (h, c))
                 self.first_only.add(name)
             return replace(module, args, kwargs, output)
 

@@ -9,9 +9,24 @@ the end.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
+from torch.utils import _pytree as pytree
+
+
+def _generators_in(values: list[Any]) -> list[torch.Generator]:
+    """Generators among ``values``: held directly, in lists, tuples or dicts, or as an attribute of a plain
+    helper object (one level)."""
+    found = []
+    for leaf in pytree.tree_leaves(values):
+        if isinstance(leaf, torch.Generator):
+            found.append(leaf)
+        elif hasattr(leaf, "__dict__") and not isinstance(leaf, nn.Module | torch.Tensor | type):
+            found += [v for v in pytree.tree_leaves(list(vars(leaf).values())) if isinstance(v, torch.Generator)]
+    return found
 
 
 class ForwardState:
@@ -19,16 +34,18 @@ class ForwardState:
     snapshot is restored on exit, also after an error)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self._buffers: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]] = []  # module, name, tensor, copy
+        # (module, name, tensor, copy); None for a buffer registered empty (a cache the forward fills)
+        self._buffers: list[tuple[nn.Module, str, torch.Tensor | None, torch.Tensor | None]] = []
         for module in model.modules():
             for name, buffer in module._buffers.items():
-                if buffer is not None and not is_lazy(buffer):  # a lazy module's buffer is not there yet
+                if buffer is None:
+                    self._buffers.append((module, name, None, None))
+                elif not is_lazy(buffer):  # a lazy module's buffer is not there yet
                     self._buffers.append((module, name, buffer, buffer.detach().clone()))
         seen: dict[int, tuple[torch.Generator, torch.Tensor]] = {}
         for module in model.modules():
-            for value in vars(module).values():
-                if isinstance(value, torch.Generator) and id(value) not in seen:
-                    seen[id(value)] = (value, value.get_state())
+            for generator in _generators_in(list(vars(module).values())):
+                seen.setdefault(id(generator), (generator, generator.get_state()))
         self._generators = list(seen.values())
 
     def __enter__(self) -> ForwardState:
@@ -45,7 +62,8 @@ class ForwardState:
             for module, name, buffer, copy in self._buffers:
                 if module._buffers.get(name) is not buffer:
                     module._buffers[name] = buffer
-                buffer.copy_(copy)  # always: BatchNorm updates its running statistics without a version bump
+                if buffer is not None and copy is not None:
+                    buffer.copy_(copy)  # always: BatchNorm updates its running statistics without a version bump
         for generator, state in self._generators:
             if seed is None:
                 generator.set_state(state)

@@ -184,6 +184,11 @@ def _measure(
                 if why is not None or done == n_max:
                     reason, used = (why or ("max_batches" if schedule else "fixed")), done
                     break
+    partial = engine.first_item_branches()
+    for row in rows:
+        if row["status"] == "no_effect" and row["branch"] in partial:
+            row["note"] = ("identical norms with and without the branch's first output item; only that item was "
+                           "switched off (see the warnings): the tensors after it may still reach this target")
     rule: dict[str, Any] = {"rule": "fixed", "confidence": confidence}
     if schedule is not None:
         rule = {**schedule.describe(), "stopped_at": used, "reason": reason, "precision": precision}
@@ -309,7 +314,7 @@ def _record(kind: str, subject: Subject, engine: PassEngine, settings: Sequence[
         "runtime": engine.runtime.describe(),
         "notes": [*engine.runtime.notes, *engine.notes,
                   *(f"gradients through {path}: {why}" for path, why in engine.paths.items() if why)],
-        "warnings": list(warnings),
+        "warnings": [*engine.warnings, *warnings],
     }
     return build_record(
         kind=kind, subject=subject, seed=seed, n_batches=n_batches, confidence=confidence,

@@ -45,25 +45,41 @@ def _row_length(numel: int) -> int:
     return 0
 
 
-def piece_norms(tensor: torch.Tensor) -> torch.Tensor:
-    """A vector whose L2 norm is ``tensor``'s: the norms of its pieces of at most 4K elements.
+#: A float32 piece norm inside this range was summed without overflow (its square is far below 3.4e38) and
+#: without losing precision to underflow (squares below 1.2e-38 add at most 5e-35, 5e-11 of its square).
+SAFE_PIECE_RANGE = (1e-12, 1e17)
 
-    A float32 tensor of more than 4K elements takes one row-wise float32 kernel for most shapes (viewed as rows
-    of a length that divides it), two when no such length exists. Any other tensor is normed in float64 at once
-    (a 1-element vector): small ones cost little, and half-precision values round float32 sums with a bias
-    (measured 6e-7 low per 4K row). Computed right away, it lets a hook drop the gradient it was handed:
-    holding every module's output gradient until the end of the backward pass costs more than norming them.
+
+def piece_norms(tensor: torch.Tensor) -> torch.Tensor:
+    """A float64 vector whose L2 norm is ``tensor``'s: the norms of its pieces of at most 4K elements.
+
+    On the CPU a float32 tensor of more than 4K elements takes one row-wise float32 kernel for most shapes
+    (viewed as rows of a length that divides it); a piece whose float32 norm falls outside
+    :data:`SAFE_PIECE_RANGE` (exploding or vanishing values whose squares overflow or underflow float32, or
+    an all-zero piece that might be underflow) is summed again in float64. Every other tensor is normed in
+    float64 at once (a 1-element vector): small ones cost little, on accelerators float64 accumulation is as
+    fast as memory, and half-precision values round float32 sums with a bias (measured 6e-7 low per 4K row).
+    Computed right away, it lets a hook drop the gradient it was handed: holding every module's output
+    gradient until the end of the backward pass costs more than norming them.
     """
     flat = dense_real(tensor.detach()).reshape(-1)
     numel = flat.numel()
-    if numel <= PIECE or flat.dtype != torch.float32:
+    if numel <= PIECE or flat.dtype != torch.float32 or flat.device.type != "cpu":
         return torch.linalg.vector_norm(flat, dtype=torch.float64).reshape(1)
     length = _row_length(numel)
-    if length:
-        return torch.linalg.vector_norm(flat.view(-1, length), dim=1)
-    whole = numel - numel % PIECE
-    return torch.cat((torch.linalg.vector_norm(flat[:whole].view(-1, PIECE), dim=1),
-                      torch.linalg.vector_norm(flat[whole:]).reshape(1)))
+    whole = numel - numel % length if length else numel - numel % PIECE
+    rows = flat[:whole].view(-1, length or PIECE)
+    norms = torch.linalg.vector_norm(rows, dim=1)
+    low, high = torch.aminmax(norms)
+    if not (float(low) > SAFE_PIECE_RANGE[0] and float(high) < SAFE_PIECE_RANGE[1]):  # NaN fails too
+        suspect = ~((norms > SAFE_PIECE_RANGE[0]) & (norms < SAFE_PIECE_RANGE[1]))
+        norms = norms.double()
+        norms[suspect] = torch.linalg.vector_norm(rows[suspect], dim=1, dtype=torch.float64)
+    else:
+        norms = norms.double()
+    if whole == numel:
+        return norms
+    return torch.cat((norms, torch.linalg.vector_norm(flat[whole:], dtype=torch.float64).reshape(1)))
 
 
 def _fast_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -168,6 +168,8 @@ class PassEngine:
     #: branch -> module name -> [fewest, most] forward calls in one pass
     calls: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: what the reader must know to trust the numbers (shown with the results, not only in the notes)
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         aliases = self.runtime.aliases
@@ -191,6 +193,11 @@ class PassEngine:
                           if s.ablations}
         #: buffers and module generators, put back before every pass (and at the end by the caller)
         self.state = ForwardState(self.subject.model)
+
+    def first_item_branches(self) -> set[str]:
+        """Branches with a module whose tuple output had only its first item switched off."""
+        return {branch for ablation in self.ablations.values() for branch, name, _, _ in ablation.targets
+                if name in ablation.first_only}
 
     @property
     def reentrant(self) -> bool:
@@ -219,10 +226,12 @@ class PassEngine:
             if ablation is not None:
                 ablation.verify(self.watch.counts)
                 for name in sorted(ablation.first_only):
-                    note = (f"{name} returns a tuple: only its first item (the module's output) was switched off; "
-                            "the other items (attention weights, a position bias, a state) were passed on as they were")
-                    if note not in self.notes:
-                        self.notes.append(note)
+                    warning = (f"{name} returns a tuple or list: only its first item was switched off, the tensors "
+                               "after it were passed on as they were (right for attention weights, a T5 position "
+                               "bias, an LSTM state; if later items are contributions of the branch too, select the "
+                               "modules that produce them)")
+                    if warning not in self.warnings:
+                        self.warnings.append(warning)
             self._count_calls(setting)
             path, reason = choose_path(loss, self.layout.params, sharded=self.runtime.scope == "fsdp2")
             self.paths.setdefault(path, reason)

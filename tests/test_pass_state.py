@@ -338,7 +338,31 @@ def test_a_tuple_output_has_only_its_first_item_switched_off(mode):
     without = [norm_of(torch.autograd.grad(mse(net, x), params)) for x in batches()]
     handle.remove()
     assert rel_err(record.retention("b", "t"), sum(with_) / sum(without)) < TOL
-    assert any("only its first item" in note for note in record.data["measurement"]["notes"])
+    assert any("only its first item" in warning for warning in record.data["measurement"]["warnings"])
+
+
+class NestedState(nn.Module):
+    """An LSTM-like branch: (output, (h, c)); the model uses h downstream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.Linear(6, 6).double()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        out = torch.tanh(self.cell(x))
+        return out, (out.mean(0, keepdim=True), out.amax(0, keepdim=True))
+
+
+def test_a_nested_tuple_output_also_warns_which_item_was_switched_off():
+    torch.manual_seed(0)
+    net = nn.ModuleDict({"branch": NestedState(), "target": nn.Linear(6, 1).double()})
+
+    def loss_fn(model, x):
+        out, (h, _) = model["branch"](x)
+        return model["target"](x + out + h).square().mean()
+
+    record = gf.compare(net, loss_fn, batches(), branches={"b": "branch"}, targets={"t": "target"})
+    assert any("only its first item" in warning for warning in record.data["measurement"]["warnings"])
 
 
 def test_a_sweep_at_scale_zero_says_it_is_the_reference():
@@ -368,3 +392,32 @@ def test_an_inactive_adapter_is_named_with_the_selector_that_works():
         gf.compare(net, mse, batches(), branches={"lora": "**.lora_B"}, targets={"t": "target"})
     record = gf.compare(net, mse, batches(), branches={"lora": "**.lora_B.second"}, targets={"t": "target"})
     assert record.retention("lora", "t") is not None
+
+
+class NoiseInAContainer(Residual):
+    """A generator held in a dict, and a buffer registered empty that the forward fills (a drifting cache)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources = {"noise": torch.Generator().manual_seed(3)}
+        self.register_buffer("cache", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=self.sources["noise"], dtype=x.dtype)
+        self.cache = noise if self.cache is None else self.cache + noise
+        h = torch.tanh(self.trunk(x)) + 0.5 * self.cache
+        return self.target(h + self.branch(h))
+
+
+def test_generators_in_containers_and_buffers_filled_in_forward_start_every_pass_alike():
+    net = NoiseInAContainer()
+    state = net.sources["noise"].get_state()
+    record = gf.compare(net, mse, batches(), branches={"b": "branch"}, targets={"t": "target"}, seed=5)
+    assert torch.equal(net.sources["noise"].get_state(), state) and net.cache is None
+
+    def before(index):
+        net.sources["noise"].manual_seed(pass_seed(5, index))
+        net.cache = None
+
+    expected = reference_retention(net, mse, batches(), net.branch, net.target, before)
+    assert rel_err(record.retention("b", "t"), expected) < TOL

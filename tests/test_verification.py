@@ -452,6 +452,26 @@ def test_piece_norms_have_the_tensors_norm(numel, dtype):
         assert abs(got - _float64_norm(t)) <= 2e-7 * _float64_norm(t)
 
 
+@pytest.mark.parametrize("scale", [1e19, 1e-22, 1e-30, 0.0])
+def test_fast_norms_survive_exploding_and_vanishing_values(scale):
+    # float32 squares overflow above ~1.8e19 and underflow below ~1e-19: such pieces are summed in float64
+    generator = torch.Generator().manual_seed(3)
+    tensor = torch.randn(128 * 128 + 5, generator=generator) * scale
+    tensor[:4096] *= 1e-3  # pieces of different magnitude in one tensor
+    (got,) = to_floats(vector_norms([tensor], exact=False))
+    (pieces,) = to_floats(vector_norms([piece_norms(tensor)]))
+    exact = _float64_norm(tensor)
+    for value in (got, pieces):
+        assert value == exact == 0.0 or abs(value - exact) <= 2e-7 * exact
+    net = nn.Sequential(nn.Linear(128, 128))
+    x = torch.randn(4, 128, generator=generator)
+    with gf.probe(net, "0") as p:
+        (net(x).sum() * scale).backward()
+    expected = _float64_norm(torch.cat([q.grad.flatten() for q in net.parameters()]))
+    for value in (p.norms()["0"], p.accumulated_norms()["0"]):
+        assert value == expected == 0.0 or abs(value - expected) <= 2e-7 * expected
+
+
 def test_norms_of_complex_gradients():
     generator = torch.Generator().manual_seed(0)
     tensors = [torch.randn(5000, dtype=torch.complex64, generator=generator),
