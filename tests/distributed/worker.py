@@ -42,6 +42,15 @@ def wrap(mode: str, net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def error_of(call, error: type[Exception]) -> str | None:
+    """The message of ``error`` raised by ``call()``, None when it returns."""
+    try:
+        call()
+    except error as exc:
+        return str(exc)
+    return None
+
+
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo")
@@ -70,11 +79,7 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         with gf.probe(model, "emb") as probe:
             sparse_loss(model.module, ids).backward()  # around DDP: .grad is local
-        try:
-            probe.accumulated_norms()
-            result["bypass_error"] = None
-        except gf.ProbeError as exc:
-            result["bypass_error"] = str(exc)
+        result["bypass_error"] = error_of(probe.accumulated_norms, gf.ProbeError)
         result["bypass_local"] = probe.accumulated_norms(local=True)
         (out / f"rank{rank}.json").write_text(json.dumps(result, default=str))
         dist.barrier()
@@ -94,19 +99,13 @@ def main() -> None:
         mse(model, batches[0]).backward()
     result["probe_accumulated"] = probe.accumulated_norms()
     result["probe_outputs"] = probe.output_norms()
-    try:
-        probe.norms()
-        result["probe_norms_error"] = None
-    except gf.ProbeError as exc:
-        result["probe_norms_error"] = str(exc)
+    result["probe_norms_error"] = error_of(probe.norms, gf.ProbeError)
     result["probe_norms_local"] = probe.norms(local=True)
 
     if mode == "ddp":
-        try:
-            gf.compare(model, lambda _m, b: mse(model, b), batches, branches=BRANCHES, targets=TARGETS)
-            result["wrapper_call_error"] = None
-        except gf.SubjectError as exc:
-            result["wrapper_call_error"] = str(exc)
+        result["wrapper_call_error"] = error_of(
+            lambda: gf.compare(model, lambda _m, b: mse(model, b), batches, branches=BRANCHES, targets=TARGETS),
+            gf.SubjectError)
     (out / f"rank{rank}.json").write_text(json.dumps(result, default=str))
     dist.barrier()  # every result is on disk
     # Leave without tearing gloo down: with FSDP2's extra process groups, torch 2.14's teardown aborts now and
