@@ -9,6 +9,7 @@ the end.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -63,7 +64,10 @@ class ForwardState:
                 if module._buffers.get(name) is not buffer:
                     module._buffers[name] = buffer
                 if buffer is not None and copy is not None:
-                    buffer.copy_(copy)  # always: BatchNorm updates its running statistics without a version bump
+                    # always copied: BatchNorm updates its running statistics without a version bump; an expanded
+                    # (self-overlapping) buffer refuses the copy, and no forward could have written it in place
+                    with contextlib.suppress(RuntimeError):
+                        buffer.copy_(copy)
         for generator, state in self._generators:
             if seed is None:
                 generator.set_state(state)

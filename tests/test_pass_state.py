@@ -421,3 +421,20 @@ def test_generators_in_containers_and_buffers_filled_in_forward_start_every_pass
 
     expected = reference_retention(net, mse, batches(), net.branch, net.target, before)
     assert rel_err(record.retention("b", "t"), expected) < TOL
+
+
+class ExpandedBuffer(Residual):
+    """A buffer made by expand() (several elements share memory): it cannot be copied into, nor written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.full((1, 1), 0.5, dtype=torch.float64).expand(4, 6), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * self.scale)
+
+
+def test_an_expanded_buffer_does_not_stop_the_measurement():
+    net = ExpandedBuffer()
+    record = gf.compare(net, mse, batches(), branches={"b": "branch"}, targets={"t": "target"})
+    assert rel_err(record.retention("b", "t"), reference_retention(net, mse, batches(), net.branch, net.target)) < TOL
