@@ -25,11 +25,6 @@ from .norms import dense_real, to_floats, vector_norms
 from .runtime import Runtime
 
 
-def _local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if callable(to_local) else tensor
-
-
 def _dense_entries(tensor: torch.Tensor) -> torch.Tensor:
     """Every entry of ``tensor`` in place, flat and real: what an element-wise all-reduce needs (a sparse
     gradient's stored values differ in number and position from rank to rank)."""
@@ -41,7 +36,7 @@ def _dense_entries(tensor: torch.Tensor) -> torch.Tensor:
 def _device(params: Sequence[torch.Tensor]) -> torch.device:
     if torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
-    return _local_tensor(params[0]).device if params else torch.device("cpu")
+    return dense_real(params[0].detach()).device if params else torch.device("cpu")
 
 
 def _shard_groups(tensor: torch.Tensor) -> tuple[Any, ...]:

@@ -136,6 +136,12 @@ def reference_norm(model: Net, batch, params, seed: int, enabled: bool = True, f
         model.set_cross(True, 1.0)
 
 
+def norm_of(grads) -> float | None:
+    """L2 norm over gradient tensors, accumulated in float64 (None when there is none)."""
+    present = [g for g in grads if g is not None]
+    return math.sqrt(math.fsum(float(g.double().pow(2).sum()) for g in present)) if present else None
+
+
 def rel_err(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-300)
 

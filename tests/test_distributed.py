@@ -5,7 +5,6 @@ global."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_models import SPARSE_IDS, SparseEmbeddingNet, make_batches, make_net, mse, rel_err, sparse_loss
+from reference_models import SPARSE_IDS, SparseEmbeddingNet, make_batches, make_net, mse, norm_of, rel_err, sparse_loss
 
 WORKER = Path(__file__).parent / "distributed" / "worker.py"
 TOL = 1e-9  # float64 models: the all-reduced numbers equal the single-process ones to rounding
@@ -29,9 +28,6 @@ def run_ranks(mode: str, tmp_path: Path, ranks: int = 2) -> list[dict]:
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(ranks)]
 
-
-def norm_of(grads):
-    return math.sqrt(math.fsum(float(g.double().pow(2).sum()) for g in grads))
 
 
 def union_reference(target_modules: str, seed_batches=3):

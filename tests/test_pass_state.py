@@ -5,11 +5,10 @@ observed is refused, never reported as "no effect"."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
-from reference_models import rel_err
+from reference_models import norm_of, rel_err
 from torch import nn
 
 import gradflow as gf
@@ -21,9 +20,6 @@ TOL = 1e-9
 def zero_output(_module, _inputs, output):
     return torch.zeros_like(output)
 
-
-def norm_of(grads) -> float:
-    return math.sqrt(math.fsum(float(g.double().pow(2).sum()) for g in grads))
 
 
 def reference_retention(model, loss_fn, batches, branch, target, before_pass=lambda _i: None):

@@ -4,11 +4,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from reference_models import rel_err
+from reference_models import norm_of, rel_err
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -16,9 +14,6 @@ import gradflow as gf
 
 TOL = 1e-9
 
-
-def norm_of(grads) -> float:
-    return math.sqrt(math.fsum(float(g.double().pow(2).sum()) for g in grads))
 
 
 def mlp() -> nn.Sequential:

@@ -14,6 +14,7 @@ from reference_models import (
     make_batches,
     make_net,
     mse,
+    norm_of,
     rel_err,
     sparse_loss,
 )
@@ -25,10 +26,6 @@ from gradflow.norms import PIECE, piece_norms, to_floats, vector_norms
 
 TOL = 1e-6
 
-
-def norm_of(grads):
-    present = [g for g in grads if g is not None]
-    return math.sqrt(math.fsum(float(g.double().pow(2).sum()) for g in present)) if present else None
 
 
 # ------------------------------------------------------------------------------------ ablation that ran
